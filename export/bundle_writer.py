@@ -1,0 +1,175 @@
+"""Builds a bundle from a workbench run: rebuild the fitted model, export, check parity, write files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyimgano import __version__
+from pyimgano.config import WorkbenchConfig, parse_config
+from pyimgano.data.mvtec import Sample, load_images
+from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
+from pyimgano.models.registry import get_model
+from pyimgano.runtime.bundle import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    file_entry,
+    move_into_place,
+    validate_manifest,
+    write_archive,
+)
+from pyimgano.runtime.defects import DefectsConfig
+from pyimgano.workbench import checkpoint
+from pyimgano.workbench.artifacts import utc_now, write_json
+from pyimgano.workbench.run import input_contract
+
+# The torch and ONNX image scores of the same images may differ by at most this, relative.
+PARITY_RTOL = 1e-3
+# Test images taken into the parity check beside the calibration images, so anomalous ones are covered.
+PARITY_TEST_IMAGES = 8
+
+
+class ExportError(Exception):
+    """The run cannot be exported (missing files, ambiguous category)."""
+
+
+class ParityError(ExportError):
+    """ONNX and torch disagree beyond tolerance; no bundle was written."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle_dir: Path
+    archive: Path
+    parity: dict
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str, dict]:
+    """The run's config, the category to export and its report."""
+    config = parse_config(_read_json(run_dir / "config.json"))
+    top = _read_json(run_dir / "report.json")
+    categories = sorted(top["categories"])
+    if category is None:
+        if len(categories) != 1:
+            raise ExportError(f"run {run_dir} holds categories {categories}: pass --category")
+        category = categories[0]
+    if category not in categories:
+        raise ExportError(f"category {category!r} is not in run {run_dir} (it holds {categories})")
+    return config, category, _read_json(run_dir / "categories" / category / "report.json")
+
+
+def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
+    """Held-out calibration images plus a few test images (anomalous first) recorded in the run."""
+    samples = [Sample(Path(path), 0, "good", None) for path in report["calibration_images"]]
+    per_image = run_dir / "categories" / category / "per_image.jsonl"
+    if per_image.is_file():
+        records = [json.loads(line) for line in per_image.read_text(encoding="utf-8").splitlines() if line]
+        records.sort(key=lambda record: -record["label"])
+        samples += [Sample(Path(r["path"]), r["label"], r["defect_type"], None) for r in records[:PARITY_TEST_IMAGES]]
+    return samples
+
+
+def build_manifest(
+    name: str, version: str, config: WorkbenchConfig, category: str, report: dict, parity: dict, files: dict
+) -> dict:
+    contract = input_contract(config)
+    pixel = report["thresholds"]["pixel"]
+    defects = DefectsConfig(pixel_threshold=pixel["value"])
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "created_utc": utc_now(),
+        "pyimgano_version": __version__,
+        "model": {"family": "patchcore", "category": category, "trained_utc": report["timestamp_utc"], **report["model"]},
+        "input": contract.to_json(),
+        "outputs": {
+            "score": SCORE_NAME,
+            "map": MAP_NAME,
+            "map_shape": [contract.height, contract.width],
+            "units": "raw nearest-neighbour patch distance; higher = more anomalous",
+        },
+        "thresholds": report["thresholds"],
+        "map_postprocess": {
+            "in_graph": ["bilinear upsampling to the input size", "gaussian blur sigma 4 px"],
+            "normalize": None,
+        },
+        "defects": defects.to_json(),
+        "tiling": None,
+        "precision": "fp32",
+        "onnx": {"file": "model.onnx", "opset": OPSET, "input": INPUT_NAME, "dynamic_batch": True},
+        "parity": parity,
+        "files": files,
+    }
+
+
+def infer_config(manifest: dict) -> dict:
+    """The seed's inference config, so `pyimgano-infer --infer-config` works from a bundle too."""
+    return {
+        "schema_version": "1.0",
+        "model": manifest["model"],
+        "threshold": manifest["thresholds"]["image"]["value"],
+        "input": manifest["input"],
+        "adaptation": {"tiling": None, "postprocess": None, "save_maps": False},
+        "defects": manifest["defects"],
+    }
+
+
+def export_bundle(
+    run_dir: Path, out_dir: Path, category: str | None = None, version: str = "1", name: str | None = None
+) -> ExportResult:
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir)
+    config, category, report = load_run(run_dir, category)
+    name = name or f"patchcore-{report['model']['backbone']}-{category}"
+    contract = input_contract(config)
+    detector = get_model(config.model.name).build(config.model, contract, config.seed, torch.device("cpu"))
+    checkpoint.load_into(detector, run_dir / report["checkpoint"])
+    graph = detector.graph()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{name}-{version}"
+    staging = out_dir / f".{final.name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        onnx_path = staging / "model.onnx"
+        export_graph(graph, contract.height, contract.width, onnx_path)
+        images = load_images(parity_samples(run_dir, category, report), contract)
+        parity = measure_parity(graph, onnx_path, images, report["thresholds"]["image"]["value"])
+        parity["rtol"] = PARITY_RTOL
+        if parity["max_rel_score_diff"] > PARITY_RTOL or not parity["labels_identical"]:
+            raise ParityError(
+                f"ONNX and torch disagree: max relative score difference {parity['max_rel_score_diff']:.3g} "
+                f"(limit {PARITY_RTOL}), labels identical: {parity['labels_identical']}; no bundle written"
+            )
+        # infer_config.json repeats manifest fields; write it first so the manifest can checksum it.
+        manifest = build_manifest(name, version, config, category, report, parity, files={})
+        write_json(staging / "infer_config.json", infer_config(manifest))
+        manifest["files"] = {
+            path.name: file_entry(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST_NAME
+        }
+        validate_manifest(manifest)
+        write_json(staging / MANIFEST_NAME, manifest)
+        move_into_place(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    archive = out_dir / f"{final.name}.zip"
+    write_archive(final, archive)
+    return ExportResult(bundle_dir=final, archive=archive, parity=parity)

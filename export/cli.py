@@ -1,0 +1,51 @@
+"""pyimgano-export: a workbench run -> a verified bundle. Exit codes: pyimgano.runtime.exit_codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pyimgano.runtime.exit_codes import ExitCode
+
+
+def export_or_exit(run_dir: Path, out_dir: Path, category: str | None, version: str) -> None:
+    """Exports one bundle and prints where it went; on failure prints why and exits with its code."""
+    from pyimgano.config import ConfigError
+    from pyimgano.data.mvtec import DatasetError
+    from pyimgano.export.bundle_writer import ExportError, ParityError, export_bundle
+    from pyimgano.models.backbones import WeightsNotFoundError
+    from pyimgano.workbench.checkpoint import CheckpointError
+
+    try:
+        result = export_bundle(run_dir, out_dir, category=category, version=version)
+    except ParityError as exc:
+        click.echo(f"export refused: {exc}", err=True)
+        sys.exit(ExitCode.PARITY_REFUSED)
+    except (ExportError, DatasetError, WeightsNotFoundError, CheckpointError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.DATA_ERROR)
+    except ConfigError as exc:
+        click.echo(f"config error in {run_dir}/config.json: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
+    parity = result.parity
+    click.echo(
+        f"bundle: {result.bundle_dir}\narchive: {result.archive}\n"
+        f"parity on {parity['images']} images: max relative score difference {parity['max_rel_score_diff']:.2e}, "
+        f"labels identical: {parity['labels_identical']}"
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--from-run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A workbench run directory (holds report.json and config.json).")
+@click.option("--category", default=None, help="Which category to export (needed when the run has several).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write NAME-VERSION/ and NAME-VERSION.zip into.")
+@click.option("--bundle-version", default="1", show_default=True, help="The bundle's version string.")
+def main(run_dir, category, out_dir, bundle_version):
+    """Export a run's model as a bundle for pyimgano-infer."""
+    export_or_exit(run_dir, out_dir, category, bundle_version)
+    sys.exit(ExitCode.OK)

@@ -1,0 +1,223 @@
+"""The workbench config: typed dataclasses, parsed strictly from JSON or YAML.
+
+An unknown key fails naming its path and the nearest valid key; a wrong type names the path and the
+expected type. Nothing is silently fixed: a value is used as written or refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used as written; the message names the key path."""
+
+
+@dataclass
+class DatasetConfig:
+    root: str
+    category: str
+    name: str = "mvtec"
+    resize: tuple[int, int] = (256, 256)
+    input_mode: str = "paths"
+    # Caps on how many images each split uses (first N after a seeded shuffle); None = all.
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vision_patchcore"
+    device: str = "auto"
+    preset: str | None = None
+    backbone: str | None = None
+    layers: list[str] | None = None
+    pretrained: bool = True
+    weights_path: str | None = None
+    coreset_ratio: float | None = None
+    num_neighbors: int | None = None
+    embed_dim: int | None = None
+    # Expected share of anomalies among normal-looking data: the image threshold is the
+    # (1 - contamination) quantile of held-out normal scores unless calibration.image_quantile says otherwise.
+    contamination: float = 0.1
+    batch_size: int = 8
+
+
+@dataclass
+class CalibrationConfig:
+    # Share of train/good images kept out of the memory bank to calibrate thresholds on.
+    holdout_fraction: float = 0.2
+    image_quantile: float | None = None
+    pixel_quantile: float = 0.999
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = "runs/run"
+    save_run: bool = True
+    per_image_jsonl: bool = True
+
+
+@dataclass
+class WorkbenchConfig:
+    dataset: DatasetConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    recipe: str = "industrial-adapt"
+    seed: int = 0
+
+
+RECIPES = ("industrial-adapt",)
+DATASET_NAMES = ("mvtec",)
+INPUT_MODES = ("paths",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if dataclasses.is_dataclass(tp):
+        return "object"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected a list of {len(args)} items, got {len(value)}")
+            return tuple(_convert(item, arg, f"{path}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+        item_type = args[0] if args else Any
+        items = [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else key
+            nearest = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.0)
+            hint = f"; did you mean {(path + '.' if path else '') + nearest[0]!r}?" if nearest else ""
+            raise ConfigError(f"unknown key {where!r}{hint}")
+    kwargs = {}
+    for name, spec in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], where)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {where!r}")
+    return cls(**kwargs)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], path: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
+
+
+def _check_range(value: float, low: float, high: float, path: str, low_open: bool = False) -> None:
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{path}: {value} is outside {bracket}{low}, {high}]")
+
+
+def validate(config: WorkbenchConfig) -> WorkbenchConfig:
+    """Checks values the types cannot express (choices and ranges)."""
+    _check_choice(config.recipe, RECIPES, "recipe")
+    _check_choice(config.dataset.name, DATASET_NAMES, "dataset.name")
+    _check_choice(config.dataset.input_mode, INPUT_MODES, "dataset.input_mode")
+    _check_choice(config.model.device, DEVICES, "model.device")
+    if min(config.dataset.resize) < 32:
+        raise ConfigError(f"dataset.resize: {list(config.dataset.resize)} is smaller than 32 pixels")
+    if config.model.coreset_ratio is not None:
+        _check_range(config.model.coreset_ratio, 0.0, 1.0, "model.coreset_ratio", low_open=True)
+    if config.model.num_neighbors is not None and config.model.num_neighbors < 1:
+        raise ConfigError("model.num_neighbors: must be at least 1")
+    _check_range(config.model.contamination, 0.0, 0.5, "model.contamination")
+    _check_range(config.calibration.holdout_fraction, 0.0, 0.9, "calibration.holdout_fraction", low_open=True)
+    if config.calibration.image_quantile is not None:
+        _check_range(config.calibration.image_quantile, 0.0, 1.0, "calibration.image_quantile")
+    _check_range(config.calibration.pixel_quantile, 0.0, 1.0, "calibration.pixel_quantile")
+    if config.model.batch_size < 1:
+        raise ConfigError("model.batch_size: must be at least 1")
+    return config
+
+
+def parse_config(data: dict) -> WorkbenchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be an object at the top level")
+    return validate(_build(WorkbenchConfig, data, ""))
+
+
+def load_config_file(path: str | Path) -> WorkbenchConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    if path.suffix.lower() in (".yml", ".yaml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path} is YAML but PyYAML is not installed: pip install PyYAML, or use JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    return parse_config(data)
+
+
+def to_json(config: WorkbenchConfig) -> dict:
+    """The resolved config as plain JSON (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

@@ -1,0 +1,316 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Two pieces: `PatchCoreGraph`, the whole scoring path as one exportable torch module (uint8 NHWC images
+in, image scores and anomaly maps out, memory bank inside), and `VisionPatchCore`, the detector with
+the scikit-learn contract (parameters in `__init__`, fitted state ending in `_`, `fit` returns self).
+The graph is written only in ops that export to ONNX: matmul distances with precomputed norms, a
+bank walked in fixed chunks to bound memory, a separable Gaussian blur as two convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
+
+# Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
+BANK_CHUNK_ROWS = 4096
+# The paper smooths the upsampled map with a Gaussian of sigma 4 pixels.
+MAP_SIGMA = 4.0
+# Coreset selection works on a random projection of this width (the paper's Johnson-Lindenstrauss step).
+CORESET_PROJECTION_DIM = 128
+# Batched greedy: at most this many centres per pass over all rows, about CORESET_ROUNDS_HINT passes in
+# all, each chosen among CORESET_POOL_FACTOR x as many farthest candidates.
+CORESET_MAX_PER_ROUND = 256
+CORESET_ROUNDS_HINT = 100
+CORESET_POOL_FACTOR = 4
+
+
+def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
+    """The paper's channel reduction (adaptive average pooling over channels) as a fixed matrix.
+
+    `x @ P` equals `F.adaptive_avg_pool1d(x[:, None], out_dim)[:, 0]`; as a matmul it exports with a
+    dynamic batch, which the pooling op does not.
+    """
+    matrix = torch.zeros(in_dim, out_dim)
+    for j in range(out_dim):
+        start = (j * in_dim) // out_dim
+        stop = -((-(j + 1) * in_dim) // out_dim)  # ceil((j+1) * in / out)
+        matrix[start:stop, j] = 1.0 / (stop - start)
+    return matrix
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    return kernel / kernel.sum()
+
+
+class PatchEmbedder(nn.Module):
+    """uint8 NHWC images -> patch features (B, h*w, D): normalise, backbone, 3x3 aggregation, projection."""
+
+    def __init__(
+        self,
+        extractor: nn.Module,
+        layers: tuple[str, ...],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        projection: torch.Tensor | None,
+    ) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.layers = layers
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("projection", projection if projection is not None else torch.empty(0))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        x = (x - self.mean) / self.std
+        feature_maps = self.extractor(x)
+        first = feature_maps[self.layers[0]]
+        height, width = int(first.shape[2]), int(first.shape[3])
+        pooled = []
+        for layer in self.layers:
+            fmap = F.avg_pool2d(feature_maps[layer], kernel_size=3, stride=1, padding=1)
+            if fmap.shape[2] != height or fmap.shape[3] != width:
+                fmap = F.interpolate(fmap, size=(height, width), mode="bilinear", align_corners=False)
+            pooled.append(fmap)
+        features = torch.cat(pooled, dim=1)
+        features = features.permute(0, 2, 3, 1).reshape(features.shape[0], height * width, features.shape[1])
+        if self.projection.numel():
+            features = features @ self.projection
+        return features, height, width
+
+
+def nearest_in_bank(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to, and index of, each query's nearest bank row.
+
+    ||q - b||^2 = ||q||^2 + (||b||^2 - 2 q.b): the bracket is one fused GEMM (addmm) per chunk of the
+    bank, and ||q||^2 is added once after the minimum, since it does not change which row is nearest.
+    """
+    best = None
+    best_index = None
+    for start in range(0, bank.shape[0], BANK_CHUNK_ROWS):
+        chunk = bank[start : start + BANK_CHUNK_ROWS]
+        partial = torch.addmm(bank_sq_norms[start : start + BANK_CHUNK_ROWS].unsqueeze(0), queries, chunk.t(), beta=1.0, alpha=-2.0)
+        value, index = partial.min(dim=1)
+        if best is None:
+            best, best_index = value, index
+        else:
+            better = value < best
+            best = torch.where(better, value, best)
+            best_index = torch.where(better, index + start, best_index)
+    return (best + (queries * queries).sum(dim=1)).clamp_min(0.0), best_index
+
+
+class PatchCoreGraph(nn.Module):
+    """The whole scoring path. forward(uint8 [B,H,W,3]) -> (scores [B], maps [B,H,W]), raw distance units."""
+
+    def __init__(self, embedder: PatchEmbedder, memory_bank: torch.Tensor, num_neighbors: int, input_hw: tuple[int, int]):
+        super().__init__()
+        self.embedder = embedder
+        self.register_buffer("memory_bank", memory_bank)
+        self.register_buffer("bank_sq_norms", (memory_bank * memory_bank).sum(dim=1))
+        self.num_neighbors = min(num_neighbors, memory_bank.shape[0])
+        self.input_hw = input_hw
+        self.register_buffer("blur", gaussian_kernel_1d(MAP_SIGMA))
+
+    def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        features, height, width = self.embedder(images)
+        batch, patches, dim = features.shape
+        flat = features.reshape(-1, dim)
+        d2, index = nearest_in_bank(flat, self.memory_bank, self.bank_sq_norms)
+        return features, d2.sqrt().reshape(batch, patches), index.reshape(batch, patches), height, width
+
+    def image_scores(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The paper's reweighted image score: the worst patch, damped when its neighbourhood in the bank is dense."""
+        max_score, max_pos = scores.max(dim=1)
+        if self.num_neighbors <= 1:
+            return max_score
+        dim = features.shape[2]
+        worst = features.gather(1, max_pos.view(-1, 1, 1).expand(-1, 1, dim)).squeeze(1)  # [B, D]
+        anchor = self.memory_bank[index.gather(1, max_pos.view(-1, 1)).squeeze(1)]  # [B, D]: m*
+        anchor_d2 = (
+            (anchor * anchor).sum(dim=1, keepdim=True) - 2.0 * anchor @ self.memory_bank.t() + self.bank_sq_norms
+        )
+        _, support = anchor_d2.topk(self.num_neighbors, dim=1, largest=False)  # [B, k], m* first
+        support_features = self.memory_bank[support]  # [B, k, D]
+        distances = (worst.unsqueeze(1) - support_features).pow(2).sum(dim=2).clamp_min(0.0).sqrt()
+        weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
+        return weight * max_score
+
+    def anomaly_maps(self, scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        grid = scores.reshape(-1, 1, height, width)
+        maps = F.interpolate(grid, size=self.input_hw, mode="bilinear", align_corners=False)
+        radius = (self.blur.shape[0] - 1) // 2
+        maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
+        maps = F.conv2d(maps, self.blur.view(1, 1, -1, 1))
+        maps = F.conv2d(maps, self.blur.view(1, 1, 1, -1))
+        return maps[:, 0]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, scores, index, height, width = self.patch_scores(images)
+        return self.image_scores(features, scores, index), self.anomaly_maps(scores, height, width)
+
+
+def _sq_dist_to(points: torch.Tensor, points_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared distances [N, C] from every point to each centre, one GEMM."""
+    return points_sq.unsqueeze(1) - 2.0 * (points @ centres.t()) + (centres * centres).sum(dim=1).unsqueeze(0)
+
+
+def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """Indices of a greedy k-center coreset (the paper's minimax facility location) on a random projection.
+
+    Keeps the rows that cover the feature space, so rare normal patterns survive. Exact greedy reads
+    the whole feature matrix once per selected row, which is memory-bound and far too slow for 10^5
+    rows; so each round takes the `pool` farthest rows as candidates, runs exact greedy among them to
+    pick `per_round` centres (which keeps near-duplicates apart), then updates every row's distance
+    with one GEMM. With per_round=1 this is exactly the paper's greedy.
+    """
+    total = features.shape[0]
+    target = max(1, int(math.ceil(total * ratio)))
+    if target >= total:
+        return torch.arange(total)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    dim = features.shape[1]
+    if dim > CORESET_PROJECTION_DIM:
+        projection = torch.randn(dim, CORESET_PROJECTION_DIM, generator=generator) / math.sqrt(CORESET_PROJECTION_DIM)
+        reduced = features @ projection.to(features.device)
+    else:
+        reduced = features
+    reduced_sq = (reduced * reduced).sum(dim=1)
+    per_round = max(1, min(CORESET_MAX_PER_ROUND, target // CORESET_ROUNDS_HINT))
+    first = int(torch.randint(total, (1,), generator=generator))
+    selected = [first]
+    min_d2 = _sq_dist_to(reduced, reduced_sq, reduced[first : first + 1])[:, 0].clamp_min(0.0)
+    while len(selected) < target:
+        take = min(per_round, target - len(selected))
+        pool = torch.topk(min_d2, min(total, take * CORESET_POOL_FACTOR)).indices
+        pool_points = reduced[pool]
+        pool_d2 = min_d2[pool].clone()
+        chosen = []
+        for _ in range(take):
+            best = int(pool_d2.argmax())
+            chosen.append(best)
+            centre = pool_points[best]
+            pool_d2 = torch.minimum(pool_d2, ((pool_points - centre) ** 2).sum(dim=1))
+        chosen_rows = pool[torch.tensor(chosen, device=pool.device)]
+        selected.extend(int(row) for row in chosen_rows)
+        new_d2 = _sq_dist_to(reduced, reduced_sq, reduced[chosen_rows]).min(dim=1).values.clamp_min(0.0)
+        min_d2 = torch.minimum(min_d2, new_d2)
+    return torch.tensor(selected, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class PatchCoreParams:
+    backbone: str
+    layers: tuple[str, ...]
+    coreset_ratio: float
+    num_neighbors: int
+    embed_dim: int
+    pretrained: bool
+    weights_path: str | None
+    input_hw: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int
+    batch_size: int
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class VisionPatchCore:
+    """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
+
+    def __init__(self, params: PatchCoreParams, device: torch.device):
+        self.params = params
+        self.device = device
+        spec = get_backbone_spec(params.backbone)
+        extractor, self.weights_sha256 = build_feature_extractor(
+            spec, params.layers, params.pretrained, params.weights_path, params.seed
+        )
+        channels = self._probe_channels(extractor)
+        projection = adaptive_pool_matrix(channels, params.embed_dim) if channels > params.embed_dim else None
+        self.embedder = PatchEmbedder(extractor, params.layers, params.mean, params.std, projection).to(device)
+        self.feature_dim = params.embed_dim if projection is not None else channels
+
+    def _probe_channels(self, extractor: nn.Module) -> int:
+        with torch.no_grad():
+            probe = extractor(torch.zeros(1, 3, 64, 64))
+        return sum(int(probe[layer].shape[1]) for layer in self.params.layers)
+
+    def _batches(self, images: np.ndarray):
+        for start in range(0, len(images), self.params.batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        """Patch features of uint8 [N,H,W,3] images, as one [N*h*w, D] tensor on the device."""
+        parts = [self.embedder(batch)[0].reshape(-1, self.feature_dim) for batch in self._batches(images)]
+        return torch.cat(parts)
+
+    def fit(self, images: np.ndarray) -> "VisionPatchCore":
+        features = self.embed(images)
+        keep = greedy_coreset(features, self.params.coreset_ratio, self.params.seed)
+        self.memory_bank_ = features[keep.to(features.device)].contiguous()
+        self.patches_seen_ = int(features.shape[0])
+        return self
+
+    def graph(self) -> PatchCoreGraph:
+        if not hasattr(self, "memory_bank_"):
+            raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
+        return PatchCoreGraph(self.embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw).eval()
+
+    @torch.no_grad()
+    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [N], maps [N,H,W]) as float32 numpy arrays."""
+        graph = self.graph()
+        scores, maps = [], []
+        for batch in self._batches(images):
+            batch_scores, batch_maps = graph(batch)
+            scores.append(batch_scores.cpu().numpy())
+            maps.append(batch_maps.cpu().numpy())
+        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {
+            "backbone": self.params.backbone,
+            "layers": list(self.params.layers),
+            "coreset_ratio": self.params.coreset_ratio,
+            "num_neighbors": self.params.num_neighbors,
+            "feature_dim": self.feature_dim,
+            "memory_bank_rows": int(self.memory_bank_.shape[0]) if hasattr(self, "memory_bank_") else None,
+            "patches_seen": getattr(self, "patches_seen_", None),
+            "pretrained": self.params.pretrained,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        if not hasattr(self, "memory_bank_"):
+            raise NotFittedError("VisionPatchCore is not fitted: nothing to save")
+        return {"memory_bank": self.memory_bank_.cpu().numpy()}, {"model": "vision_patchcore", **self.describe()}
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "VisionPatchCore":
+        if meta.get("weights_sha256") != self.weights_sha256:
+            raise ValueError(
+                f"checkpoint was fitted on backbone weights sha256 {meta.get('weights_sha256')}, "
+                f"but the weights found now have {self.weights_sha256}"
+            )
+        bank = arrays["memory_bank"]
+        if bank.ndim != 2 or bank.shape[1] != self.feature_dim:
+            raise ValueError(f"memory bank shape {bank.shape} does not fit feature width {self.feature_dim}")
+        self.memory_bank_ = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)).to(self.device)
+        self.patches_seen_ = meta.get("patches_seen")
+        return self

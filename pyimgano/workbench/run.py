@@ -1,0 +1,187 @@
+"""The `industrial-adapt` loop for one run: per category fit, calibrate, evaluate, write artifacts."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyimgano import metrics
+from pyimgano.config import ConfigError, WorkbenchConfig, to_json
+from pyimgano.data.mvtec import CategorySplit, Sample, list_categories, load_images, load_masks, load_split
+from pyimgano.models.registry import get_model
+from pyimgano.runtime.images import InputContract
+from pyimgano.workbench import artifacts, checkpoint
+from pyimgano.workbench.calibration import quantile_threshold
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: 'cuda' was requested but torch sees no CUDA device; use 'cpu' or 'auto'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def input_contract(config: WorkbenchConfig) -> InputContract:
+    height, width = config.dataset.resize
+    return InputContract(height=height, width=width)
+
+
+@dataclass
+class Partition:
+    fit: list[Sample]
+    holdout: list[Sample]
+    test: list[Sample]
+
+
+def partition(split: CategorySplit, config: WorkbenchConfig) -> Partition:
+    """Seeded shuffle of train/good into the memory-bank part and the calibration holdout."""
+    rng = random.Random(config.seed)
+    train = list(split.train)
+    rng.shuffle(train)
+    if config.dataset.limit_train is not None:
+        train = train[: config.dataset.limit_train]
+    if len(train) < 2:
+        raise ConfigError(f"{split.category}: at least 2 train/good images are needed (one to fit, one to calibrate)")
+    holdout_count = min(len(train) - 1, max(1, math.ceil(len(train) * config.calibration.holdout_fraction)))
+    test = list(split.test)
+    if config.dataset.limit_test is not None:
+        test = sorted(rng.sample(test, min(config.dataset.limit_test, len(test))), key=lambda s: str(s.path))
+    return Partition(fit=train[holdout_count:], holdout=train[:holdout_count], test=test)
+
+
+def image_quantile(config: WorkbenchConfig) -> float:
+    if config.calibration.image_quantile is not None:
+        return config.calibration.image_quantile
+    return 1.0 - config.model.contamination
+
+
+def evaluate(test: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
+    labels = np.array([sample.label for sample in test])
+    result: dict = {"image": {}, "pixel": None}
+    if labels.min() != labels.max():
+        result["image"]["auroc"] = metrics.roc_auc(labels, scores)
+        result["image"]["ap"] = metrics.average_precision(labels, scores)
+    result["image"].update(metrics.precision_recall_f1(labels, scores, threshold))
+    # Defect images without a mask file cannot be scored per pixel; leave them out rather than call them normal.
+    usable = [i for i, sample in enumerate(test) if sample.label == 0 or sample.mask_path is not None]
+    if any(test[i].mask_path is not None for i in usable):
+        pixel_masks = [masks[i] for i in usable]
+        pixel_maps = [maps[i] for i in usable]
+        result["pixel"] = {
+            "auroc": metrics.pixel_roc_auc(pixel_masks, pixel_maps),
+            "aupro_0.3": metrics.aupro(pixel_masks, pixel_maps, fpr_limit=0.3),
+            "images": len(usable),
+        }
+    return result
+
+
+def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: torch.device) -> dict:
+    contract = input_contract(config)
+    split = load_split(config.dataset.root, category)
+    parts = partition(split, config)
+    entry = get_model(config.model.name)
+
+    started = time.perf_counter()
+    fit_images = load_images(parts.fit, contract)
+    detector = entry.build(config.model, contract, config.seed, device)
+    detector.fit(fit_images)
+    fit_seconds = time.perf_counter() - started
+    del fit_images
+
+    holdout_scores, holdout_maps = detector.predict_maps(load_images(parts.holdout, contract))
+    source = f"{len(parts.holdout)} held-out train/good images of {category}"
+    thresholds = {
+        "image": quantile_threshold(holdout_scores, image_quantile(config), "normal_score_quantile", source),
+        "pixel": quantile_threshold(holdout_maps, config.calibration.pixel_quantile, "normal_pixel_quantile", source),
+    }
+    del holdout_maps
+
+    started = time.perf_counter()
+    scores, maps = detector.predict_maps(load_images(parts.test, contract))
+    eval_seconds = time.perf_counter() - started
+    masks = load_masks(parts.test, contract)
+    threshold = thresholds["image"]["value"]
+    results = evaluate(parts.test, scores, maps, masks, threshold)
+
+    category_dir = run_dir / "categories" / category
+    checkpoint_dir = run_dir / "checkpoints" / category
+    per_image = [
+        {
+            "path": str(sample.path),
+            "category": category,
+            "label": sample.label,
+            "defect_type": sample.defect_type,
+            "mask_path": str(sample.mask_path) if sample.mask_path else None,
+            "score": float(score),
+            "threshold": threshold,
+            "predicted": int(score > threshold),
+            "map_max": float(anomaly_map.max()),
+        }
+        for sample, score, anomaly_map in zip(parts.test, scores, maps)
+    ]
+    report = {
+        **artifacts.report_header(),
+        "category": category,
+        "model": {"name": config.model.name, **detector.describe()},
+        "counts": {"fit": len(parts.fit), "holdout": len(parts.holdout), "test": len(parts.test)},
+        "thresholds": thresholds,
+        "metrics": results,
+        "timing": {
+            "fit_seconds": round(fit_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "eval_images_per_second": round(len(parts.test) / eval_seconds, 3),
+        },
+        "calibration_images": [str(sample.path) for sample in parts.holdout],
+        "checkpoint": str(checkpoint_dir.relative_to(run_dir)),
+        "per_image_jsonl": "per_image.jsonl" if config.output.per_image_jsonl else None,
+    }
+    if config.output.save_run:
+        checkpoint.save(checkpoint_dir, detector)
+        artifacts.write_json(category_dir / "report.json", report)
+        if config.output.per_image_jsonl:
+            artifacts.write_jsonl(category_dir / "per_image.jsonl", per_image)
+    return report
+
+
+def run_workbench(config: WorkbenchConfig) -> dict:
+    """Runs every requested category and writes the run directory. Returns the top-level report."""
+    device = resolve_device(config.model.device)
+    categories = (
+        list_categories(config.dataset.root) if config.dataset.category == "all" else [config.dataset.category]
+    )
+    run_dir = Path(config.output.output_dir)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if config.output.save_run:
+        artifacts.write_json(run_dir / "config.json", to_json(config))
+        artifacts.write_json(run_dir / "environment.json", artifacts.environment(str(device)))
+    reports = {category: run_category(config, category, run_dir, device) for category in categories}
+    summary = {
+        category: {
+            "image_auroc": report["metrics"]["image"].get("auroc"),
+            "pixel_auroc": (report["metrics"]["pixel"] or {}).get("auroc"),
+            "pixel_aupro_0.3": (report["metrics"]["pixel"] or {}).get("aupro_0.3"),
+            "image_f1": report["metrics"]["image"]["f1"],
+            "fit_seconds": report["timing"]["fit_seconds"],
+            "eval_images_per_second": report["timing"]["eval_images_per_second"],
+            "report": f"categories/{category}/report.json",
+        }
+        for category, report in reports.items()
+    }
+    top = {
+        **artifacts.report_header(),
+        "recipe": config.recipe,
+        "run_dir": str(run_dir),
+        "device": str(device),
+        "categories": summary,
+    }
+    if config.output.save_run:
+        artifacts.write_json(run_dir / "report.json", top)
+    return top

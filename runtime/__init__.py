@@ -1,0 +1,6 @@
+"""The edge runtime: ONNX Runtime, numpy and OpenCV only. Nothing here may import torch."""
+
+from pyimgano.runtime.bundle import Bundle, BundleError, open_bundle
+from pyimgano.runtime.engine import Engine, EngineError
+
+__all__ = ["Bundle", "BundleError", "Engine", "EngineError", "open_bundle"]

@@ -1,0 +1,231 @@
+"""The bundle: the only contract between the workbench and the edge.
+
+A bundle is a directory `NAME-VERSION/` (or the same content as one `.zip` archive) holding
+`manifest.json`, `model.onnx` and `infer_config.json`. The manifest lists the sha256 and size of every
+other file; it is not itself checksummed so that an engineer may edit a threshold by hand.
+`open_bundle` refuses, naming the file, anything that does not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyimgano.runtime.images import InputContract
+
+FORMAT_NAME = "pyimgano-bundle"
+FORMAT_VERSION = "1.0"
+MANIFEST_NAME = "manifest.json"
+
+# Required top-level manifest keys; anything else is refused so that a typo cannot go unnoticed.
+MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "name",
+        "version",
+        "created_utc",
+        "pyimgano_version",
+        "model",
+        "input",
+        "outputs",
+        "thresholds",
+        "map_postprocess",
+        "defects",
+        "tiling",
+        "precision",
+        "onnx",
+        "parity",
+        "files",
+    }
+)
+THRESHOLD_KEYS = frozenset({"value", "method", "quantile", "count", "score_summary", "source"})
+
+
+class BundleError(Exception):
+    """The bundle was refused. The message names the file and the reason."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    method: str
+    quantile: float | None
+    count: int
+    score_summary: dict
+    source: str
+
+    @classmethod
+    def from_json(cls, where: str, data: dict) -> "Threshold":
+        missing = THRESHOLD_KEYS - set(data)
+        if missing:
+            raise BundleError(f"{MANIFEST_NAME}: {where} lacks {sorted(missing)}")
+        if not isinstance(data["value"], (int, float)) or isinstance(data["value"], bool):
+            raise BundleError(f"{MANIFEST_NAME}: {where}.value must be a number, got {data['value']!r}")
+        return cls(**{key: data[key] for key in THRESHOLD_KEYS})
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+    contract: InputContract
+    image_threshold: Threshold
+    pixel_threshold: Threshold
+    # Keeps an archive's extraction directory alive as long as the bundle is in use.
+    _scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / self.manifest["onnx"]["file"]
+
+    @property
+    def infer_config_path(self) -> Path:
+        return self.root / "infer_config.json"
+
+
+def _major(version: str) -> str:
+    return str(version).split(".", 1)[0]
+
+
+def validate_manifest(manifest: dict) -> None:
+    """Checks the manifest's shape and format version. Raises BundleError naming what is wrong."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{MANIFEST_NAME}: top level must be an object")
+    missing = MANIFEST_KEYS - set(manifest)
+    unknown = set(manifest) - MANIFEST_KEYS
+    if missing:
+        raise BundleError(f"{MANIFEST_NAME}: missing keys {sorted(missing)}")
+    if unknown:
+        raise BundleError(f"{MANIFEST_NAME}: unknown keys {sorted(unknown)}")
+    if manifest["format"] != FORMAT_NAME:
+        raise BundleError(f"{MANIFEST_NAME}: format {manifest['format']!r} is not {FORMAT_NAME!r}")
+    if _major(manifest["format_version"]) != _major(FORMAT_VERSION):
+        raise BundleError(
+            f"{MANIFEST_NAME}: format_version {manifest['format_version']!r} is not supported by this runtime "
+            f"(it reads {_major(FORMAT_VERSION)}.x)"
+        )
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{MANIFEST_NAME}: 'files' must map file names to sha256 and size")
+    if manifest["onnx"].get("file") not in files:
+        raise BundleError(f"{MANIFEST_NAME}: onnx.file {manifest['onnx'].get('file')!r} is not listed in 'files'")
+    for key in ("image", "pixel"):
+        if key not in manifest["thresholds"]:
+            raise BundleError(f"{MANIFEST_NAME}: thresholds.{key} is missing")
+
+
+def verify_files(root: Path, files: dict) -> None:
+    """Refuses the bundle unless every listed file exists with the recorded size and sha256."""
+    for name, entry in sorted(files.items()):
+        # Names are plain relative paths; anything that climbs out of the bundle is refused.
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{name}: file name escapes the bundle directory")
+        path = root / name
+        if not path.is_file():
+            raise BundleError(f"{name}: listed in {MANIFEST_NAME} but missing from the bundle")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise BundleError(f"{name}: size {size} bytes, manifest says {entry['size']} (file changed or truncated)")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise BundleError(f"{name}: sha256 {digest[:16]}... does not match the manifest ({entry['sha256'][:16]}...)")
+
+
+def _extract_archive(archive: Path) -> tempfile.TemporaryDirectory:
+    scratch = tempfile.TemporaryDirectory(prefix="pyimgano-bundle-")
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            for member in handle.namelist():
+                if Path(member).is_absolute() or ".." in Path(member).parts:
+                    raise BundleError(f"{archive.name}: archive member {member!r} escapes the bundle")
+            handle.extractall(scratch.name)
+    except zipfile.BadZipFile as exc:
+        scratch.cleanup()
+        raise BundleError(f"{archive.name}: not a readable zip archive ({exc})") from exc
+    except BundleError:
+        scratch.cleanup()
+        raise
+    return scratch
+
+
+def _bundle_root(path: Path) -> Path:
+    """The directory holding manifest.json: the path itself, or its single subdirectory (archives)."""
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    children = [child for child in path.iterdir() if child.is_dir()]
+    if len(children) == 1 and (children[0] / MANIFEST_NAME).is_file():
+        return children[0]
+    raise BundleError(f"{MANIFEST_NAME}: not found in {path}")
+
+
+def open_bundle(path: str | os.PathLike) -> Bundle:
+    """Opens and verifies a bundle directory or `.zip` archive."""
+    path = Path(path)
+    scratch = None
+    if path.is_file():
+        scratch = _extract_archive(path)
+        search_root = Path(scratch.name)
+    elif path.is_dir():
+        search_root = path
+    else:
+        raise BundleError(f"{path}: no such bundle directory or archive")
+    try:
+        root = _bundle_root(search_root)
+        try:
+            manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from exc
+        validate_manifest(manifest)
+        verify_files(root, manifest["files"])
+        try:
+            contract = InputContract.from_json(manifest["input"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise BundleError(f"{MANIFEST_NAME}: input contract is invalid ({exc})") from exc
+        return Bundle(
+            root=root,
+            manifest=manifest,
+            contract=contract,
+            image_threshold=Threshold.from_json("thresholds.image", manifest["thresholds"]["image"]),
+            pixel_threshold=Threshold.from_json("thresholds.pixel", manifest["thresholds"]["pixel"]),
+            _scratch=scratch,
+        )
+    except BundleError:
+        if scratch is not None:
+            scratch.cleanup()
+        raise
+
+
+def file_entry(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def write_archive(bundle_dir: Path, archive: Path) -> None:
+    """Writes the bundle directory as one zip (members under `NAME-VERSION/`), atomically."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as handle:
+        for file in sorted(bundle_dir.rglob("*")):
+            if file.is_file():
+                handle.write(file, arcname=f"{bundle_dir.name}/{file.relative_to(bundle_dir).as_posix()}")
+    os.replace(tmp, archive)
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Moves a fully written staging directory into place; an existing target is replaced."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)

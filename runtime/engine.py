@@ -1,0 +1,58 @@
+"""The ONNX Runtime session over a bundle's scoring graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from pyimgano.runtime.bundle import Bundle
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class EngineError(Exception):
+    """The engine cannot run as asked (e.g. CUDA requested where ONNX Runtime has no CUDA provider)."""
+
+
+def select_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device not in DEVICES:
+        raise EngineError(f"device {device!r} is not one of {list(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise EngineError(
+            "device 'cuda' requested but this ONNX Runtime has no CUDAExecutionProvider "
+            f"(available: {available}); install pyimgano[gpu] (onnxruntime-gpu) or use --device cpu"
+        )
+    return ["CPUExecutionProvider"]
+
+
+class Engine:
+    """Runs uint8 NHWC batches through the bundle's graph: (scores [B], maps [B,H,W]) as float32."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto", intra_op_threads: int | None = None):
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        self.providers = select_providers(device)
+        self.session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=self.providers)
+        outputs = bundle.manifest["outputs"]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [outputs["score"], outputs["map"]]
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contract = self.bundle.contract
+        expected = (contract.height, contract.width, 3)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != expected:
+            raise EngineError(f"batch must be uint8 [B,{expected[0]},{expected[1]},3], got {batch.dtype} {batch.shape}")
+        scores, maps = self.session.run(self.output_names, {self.input_name: batch})
+        return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)

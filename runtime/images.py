@@ -1,0 +1,121 @@
+"""Decoding images and the input contract shared by training and the edge engine.
+
+The workbench calls these same functions before its torch model, so the ONNX graph at the edge sees
+exactly the pixels the model was fitted and calibrated on (the export parity check proves it).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
+_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+
+
+class ImageReadError(Exception):
+    """An input that is not a readable image. Its message becomes the `error` of the record."""
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the scoring graph takes: a uint8 RGB batch, NHWC, already resized on the host.
+
+    Normalisation (mean/std on [0, 1] values) happens inside the graph; it is recorded here so that
+    an engineer reading the manifest knows the full transform.
+    """
+
+    height: int
+    width: int
+    resize_interpolation: str = "linear"
+    channel_order: str = "RGB"
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.resize_interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"resize_interpolation {self.resize_interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
+            )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InputContract":
+        fields = dict(data)
+        fields["mean"] = tuple(fields["mean"])
+        fields["std"] = tuple(fields["std"])
+        return cls(**fields)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Reads any 8- or 16-bit grayscale, RGB or RGBA image as uint8 HxWx3 RGB.
+
+    Grayscale is replicated to three channels because the backbones are ImageNet RGB networks.
+    """
+    try:
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except OSError as exc:  # missing file, a directory, no permission
+        raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageReadError("file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageReadError("not a decodable image (OpenCV could not decode it)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise ImageReadError(f"unsupported channel count {image.shape[2]}")
+
+
+def to_contract(image: np.ndarray, contract: InputContract) -> np.ndarray:
+    """Resizes an RGB uint8 image to the contract's size (a no-op when it already fits)."""
+    if image.shape[:2] == (contract.height, contract.width):
+        return np.ascontiguousarray(image)
+    return cv2.resize(
+        image, (contract.width, contract.height), interpolation=_INTERPOLATIONS[contract.resize_interpolation]
+    )
+
+
+def read_mask(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """Reads a ground-truth mask (non-zero = defect) as bool HxW at the given size."""
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ImageReadError(f"mask {path} is not a decodable image")
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return mask > 0
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A file, a folder (its images, recursively, sorted) or a glob pattern, as a sorted list of paths.
+
+    A single named file is kept whatever its suffix, so that a non-image gets an error record rather
+    than vanishing silently; folders and globs keep only image suffixes.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    matches = [Path(p) for p in glob.glob(spec, recursive=True)]
+    return sorted(p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

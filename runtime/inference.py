@@ -1,0 +1,142 @@
+"""Scoring a list of image files through an Engine: one JSONL record per input, in input order.
+
+A file that cannot be read gets an error record and no score; the others are still processed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from pyimgano.runtime.defects import extract_regions
+from pyimgano.runtime.engine import Engine
+from pyimgano.runtime.images import ImageReadError, read_rgb, to_contract
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    batch_size: int = 8
+    defects: bool = False
+    pixel_threshold: float | None = None  # None = the bundle's calibrated pixel threshold
+    min_area: int = 0
+    save_masks: Path | None = None
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    errors: int = 0
+    anomalous: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "preprocess": 0.0, "graph": 0.0, "defects": 0.0})
+
+    def to_json(self) -> dict:
+        scored = self.images - self.errors
+        return {
+            "images": self.images,
+            "errors": self.errors,
+            "anomalous": self.anomalous,
+            "seconds": round(self.seconds, 4),
+            "images_per_second": round(scored / self.seconds, 3) if self.seconds > 0 else None,
+            "stage_ms_per_image": {
+                stage: round(1000.0 * value / max(scored, 1), 3) for stage, value in self.stage_seconds.items()
+            },
+        }
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def map_stats(anomaly_map: np.ndarray) -> dict:
+    return {
+        "shape": list(anomaly_map.shape),
+        "min": float(anomaly_map.min()),
+        "max": float(anomaly_map.max()),
+        "mean": float(anomaly_map.mean()),
+        "p99": float(np.quantile(anomaly_map, 0.99)),
+    }
+
+
+class MaskWriter:
+    """Writes `<stem>_mask.png` into a folder, never overwriting another input's mask of the same stem."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.used: set[str] = set()
+
+    def write(self, source: Path, mask: np.ndarray) -> Path:
+        name = f"{source.stem}_mask.png"
+        counter = 1
+        while name in self.used:
+            name = f"{source.stem}_{counter}_mask.png"
+            counter += 1
+        self.used.add(name)
+        path = self.folder / name
+        if not cv2.imwrite(str(path), mask):
+            raise OSError(f"could not write mask {path}")
+        return path
+
+
+def run_inference(
+    engine: Engine, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
+) -> Summary:
+    contract = engine.bundle.contract
+    image_threshold = engine.bundle.image_threshold.value
+    pixel_threshold = options.pixel_threshold if options.pixel_threshold is not None else engine.bundle.pixel_threshold.value
+    masks = MaskWriter(options.save_masks) if options.defects and options.save_masks else None
+    summary = Summary(images=len(paths))
+    started = time.perf_counter()
+    for chunk in _chunks(paths, options.batch_size):
+        records: list[dict] = []
+        batch, sizes, slots = [], [], []
+        for path in chunk:
+            t0 = time.perf_counter()
+            try:
+                image = read_rgb(path)
+            except ImageReadError as exc:
+                records.append({"input": str(path), "error": str(exc)})
+                summary.errors += 1
+                continue
+            t1 = time.perf_counter()
+            batch.append(to_contract(image, contract))
+            summary.stage_seconds["decode"] += t1 - t0
+            summary.stage_seconds["preprocess"] += time.perf_counter() - t1
+            sizes.append(image.shape[:2])
+            slots.append(len(records))
+            records.append({"input": str(path)})
+        if batch:
+            t0 = time.perf_counter()
+            scores, maps = engine.run(np.stack(batch))
+            summary.stage_seconds["graph"] += time.perf_counter() - t0
+            for slot, score, anomaly_map, (height, width) in zip(slots, scores, maps, sizes):
+                label = int(score > image_threshold)
+                summary.anomalous += label
+                record = records[slot]
+                record.update(
+                    score=float(score),
+                    label=label,
+                    threshold=image_threshold,
+                    image_size=[int(height), int(width)],
+                    map=map_stats(anomaly_map),
+                )
+                if options.defects:
+                    t0 = time.perf_counter()
+                    mask, regions = extract_regions(anomaly_map, (height, width), pixel_threshold, options.min_area)
+                    record["defects"] = {
+                        "pixel_threshold": pixel_threshold,
+                        "regions": regions,
+                        "mask_path": str(masks.write(Path(record["input"]), mask)) if masks else None,
+                    }
+                    summary.stage_seconds["defects"] += time.perf_counter() - t0
+        for record in records:
+            emit(record)
+    summary.seconds = time.perf_counter() - started
+    return summary
