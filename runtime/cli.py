@@ -74,3 +74,7 @@ def main(bundle_path, inputs, save_jsonl, device, batch_size, threads, defects, 
     if summary_json:
         summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     sys.exit(ExitCode.INPUT_ERRORS if summary.errors else ExitCode.OK)
+
+
+if __name__ == "__main__":
+    main()
