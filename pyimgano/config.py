@@ -162,7 +162,9 @@ def _check_choice(value: str, choices: tuple[str, ...], path: str) -> None:
 
 
 def _check_range(value: float, low: float, high: float, path: str, low_open: bool = False) -> None:
-    if value < low or value > high or (low_open and value == low):
+    # Written as "not inside" so that NaN, which compares false with everything, is refused too.
+    inside = (low < value if low_open else low <= value) and value <= high
+    if not inside:
         bracket = "(" if low_open else "["
         raise ConfigError(f"{path}: {value} is outside {bracket}{low}, {high}]")
 
@@ -201,6 +203,8 @@ def load_config_file(path: str | Path) -> WorkbenchConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if path.suffix.lower() in (".yml", ".yaml"):
         try:
             import yaml

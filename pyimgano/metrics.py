@@ -8,18 +8,16 @@ Conventions shared by every function in this module:
   masks both work;
 * a sample or pixel is predicted anomalous when ``score > threshold`` (strictly greater).
 
-Everything is plain numpy. OpenCV is used for one thing only, connected-component labelling
-in :func:`aupro`; a numpy labeller takes over when ``cv2`` is not installed. No sklearn,
-scipy or torch is needed at import time or at run time.
+Everything is plain numpy, with OpenCV for connected-component labelling in :func:`aupro`.
+No sklearn, scipy or torch is needed.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
-from types import ModuleType
 
+import cv2
 import numpy as np
 
 __all__ = [
@@ -220,68 +218,12 @@ def pixel_roc_auc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> fl
     return roc_auc(labels, scores)
 
 
-@functools.lru_cache(maxsize=1)
-def _cv2_module() -> ModuleType | None:
-    # Imported lazily and cached: a failed import is not cached by Python itself and would
-    # otherwise be retried for every image.
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
-
-
-def _connected_components_numpy(mask: np.ndarray) -> tuple[int, np.ndarray]:
-    """8-connected components of a 2-D bool mask without OpenCV; same contract as below."""
-    height, width = mask.shape
-    foreground = np.flatnonzero(mask.ravel())
-    labels = np.zeros(height * width, dtype=np.int32)
-    if foreground.size == 0:
-        return 0, labels.reshape(height, width)
-    node = np.full(height * width, -1, dtype=np.int64)
-    node[foreground] = np.arange(foreground.size)
-    node = node.reshape(height, width)
-    # Every 8-neighbour pair exactly once: right, down, down-right, down-left.
-    shifted = [
-        (node[:, :-1], node[:, 1:]),
-        (node[:-1, :], node[1:, :]),
-        (node[:-1, :-1], node[1:, 1:]),
-        (node[:-1, 1:], node[1:, :-1]),
-    ]
-    src = np.concatenate([a[(a >= 0) & (b >= 0)] for a, b in shifted])
-    dst = np.concatenate([b[(a >= 0) & (b >= 0)] for a, b in shifted])
-    parent = np.arange(foreground.size)
-    while True:
-        root_src, root_dst = parent[src], parent[dst]
-        split = root_src != root_dst
-        if not split.any():
-            break
-        # Joined edges stay joined, so only edges between different trees are kept.
-        src, dst = src[split], dst[split]
-        root_src, root_dst = root_src[split], root_dst[split]
-        # Hook the larger root under the smaller: parents only ever point to lower ids, so
-        # no cycle can form, and each round removes at least one root.
-        np.minimum.at(parent, np.maximum(root_src, root_dst), np.minimum(root_src, root_dst))
-        # Full path compression, so that parent[x] is x's root at the top of the loop.
-        while True:
-            grandparent = parent[parent]
-            if np.array_equal(grandparent, parent):
-                break
-            parent = grandparent
-    roots, region = np.unique(parent, return_inverse=True)
-    labels[foreground] = region.ravel() + 1
-    return int(roots.size), labels.reshape(height, width)
-
-
 def _connected_components(mask: np.ndarray) -> tuple[int, np.ndarray]:
     """8-connected components of a 2-D bool mask.
 
     Returns (number of components, int32 labels) with 0 for background and 1..count for
     the components, in no particular order.
     """
-    cv2 = _cv2_module()
-    if cv2 is None:
-        return _connected_components_numpy(mask)
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     return int(count) - 1, labels
 

@@ -96,14 +96,19 @@ def to_contract(image: np.ndarray, contract: InputContract) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
-    """Reads a ground-truth mask (non-zero = defect) as bool HxW at the given size."""
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    """Reads a ground-truth mask (any non-zero value in any channel = defect) as bool HxW at the given size."""
+    try:
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read mask {path}: {exc.strerror or exc}") from exc
+    # IMREAD_UNCHANGED keeps 16-bit labels and colour values exact; a grayscale conversion could round them to 0.
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if mask is None:
-        raise ImageReadError(f"mask {path} is not a decodable image")
-    if mask.shape != (height, width):
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return mask > 0
+        raise ImageReadError(f"mask {path} is empty or not a decodable image")
+    defect = (mask > 0) if mask.ndim == 2 else (mask > 0).any(axis=2)
+    if defect.shape != (height, width):
+        defect = cv2.resize(defect.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    return defect
 
 
 def expand_inputs(spec: str) -> list[Path]:

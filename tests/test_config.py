@@ -306,11 +306,6 @@ def test_validate_accepts_boundary_values(dotted, value):
     assert got == (tuple(value) if isinstance(value, list) else value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validate() range checks use `value < low or value > high`, which is False for NaN, so NaN "
-    "(accepted by json.loads and YAML .nan) passes for contamination/quantiles/coreset_ratio and is used as written",
-)
 @pytest.mark.parametrize(
     "dotted", ["model.contamination", "calibration.pixel_quantile", "calibration.holdout_fraction"]
 )
@@ -391,11 +386,6 @@ def test_json_file_with_non_object_top_level(tmp_path):
         load_config_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_config_file catches only OSError around read_text; a non-UTF-8 file (e.g. UTF-16 from "
-    "Notepad) escapes as a raw UnicodeDecodeError instead of a ConfigError naming the file",
-)
 def test_non_utf8_file_raises_config_error_naming_the_file(tmp_path):
     path = tmp_path / "utf16.json"
     path.write_bytes(SEED_JSON.encode("utf-16"))

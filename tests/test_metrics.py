@@ -412,15 +412,6 @@ def test_brute_force_reference_reproduces_hand_case() -> None:
     assert _brute_force_aupro([mask], [scores], 1.0) == pytest.approx(0.85, abs=TOL)
 
 
-@pytest.mark.parametrize("fpr_limit", [0.3, 1.0])
-def test_aupro_numpy_labeller_path_matches_brute_force(monkeypatch, fpr_limit: float) -> None:
-    # Force the fallback used when OpenCV is not installed.
-    monkeypatch.setattr(metrics, "_cv2_module", lambda: None)
-    masks, maps = _random_images(11, ties=True)
-    expected = _brute_force_aupro(masks, maps, fpr_limit)
-    assert aupro(masks, maps, fpr_limit=fpr_limit) == pytest.approx(expected, abs=TOL)
-
-
 # --------------------------------------------------------------------------- AUPRO thresholds
 
 
@@ -596,9 +587,9 @@ def _spiral(size: int) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("density", [0.2, 0.45, 0.7])
-def test_numpy_labeller_matches_bfs(seed: int, density: float) -> None:
+def test_labeller_matches_bfs(seed: int, density: float) -> None:
     mask = np.random.default_rng(seed).random((23, 31)) < density
-    count, labels = metrics._connected_components_numpy(mask)
+    count, labels = metrics._connected_components(mask)
     expected_count, expected_labels = _bfs_labels(mask)
     assert count == expected_count
     assert _same_partition(labels, expected_labels)
@@ -609,18 +600,10 @@ def test_numpy_labeller_matches_bfs(seed: int, density: float) -> None:
     [_spiral(21), np.zeros((4, 5), bool), np.ones((4, 5), bool), np.eye(6, dtype=bool)[::-1]],
     ids=["spiral", "empty", "full", "anti-diagonal"],
 )
-def test_numpy_labeller_shapes(mask: np.ndarray) -> None:
-    count, labels = metrics._connected_components_numpy(mask)
+def test_labeller_shapes(mask: np.ndarray) -> None:
+    count, labels = metrics._connected_components(mask)
     expected_count, expected_labels = _bfs_labels(mask)
     assert count == expected_count
     assert _same_partition(labels, expected_labels)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_cv2_labeller_matches_numpy_labeller(seed: int) -> None:
-    cv2 = pytest.importorskip("cv2")
-    mask = np.random.default_rng(seed).random((40, 37)) < 0.45
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    np_count, np_labels = metrics._connected_components_numpy(mask)
-    assert count - 1 == np_count
-    assert _same_partition(labels, np_labels)
