@@ -81,15 +81,15 @@ INPUT_MODES = ("paths",)
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+        return " or ".join(type_name(arg) for arg in typing.get_args(tp))
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"list of {_type_name(args[0])}" if args else "list"
+        return f"list of {type_name(args[0])}" if args else "list"
     if dataclasses.is_dataclass(tp):
         return "object"
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -107,14 +107,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, arg, path)
             except ConfigError:
                 continue
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
         return _build(tp, value, path)
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
         args = typing.get_args(tp)
         if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
             if len(value) != len(args):
@@ -134,7 +134,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return value
     elif tp is Any:
         return value
-    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
 def _build(cls: type, data: dict, path: str) -> Any:

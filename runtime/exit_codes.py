@@ -5,13 +5,23 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    # pyimgano-infer: at least one input could not be read or scored; the others were processed.
     INPUT_ERRORS = 1
-    # Bad flags or a bad config (unknown key, wrong type, unavailable device). Click also uses 2.
     USAGE = 2
-    # The bundle failed verification (checksum, size, format version, manifest schema).
     BUNDLE_REFUSED = 3
-    # pyimgano-export: the ONNX graph disagrees with the torch model beyond tolerance; nothing written.
     PARITY_REFUSED = 4
-    # A dataset, image set, weights file or run directory that the job needs is missing or unreadable.
     DATA_ERROR = 5
+
+
+DESCRIPTIONS = {
+    ExitCode.OK: "Everything asked for was done.",
+    ExitCode.INPUT_ERRORS: "pyimgano-infer: at least one input could not be read or scored (its record has "
+    "`error`); every other input was processed and written.",
+    ExitCode.USAGE: "Bad flags or a bad config (unknown key, wrong type, value out of range), an unavailable "
+    "device (e.g. `cuda` where there is none), or no input matched. Click's own usage errors use 2 as well.",
+    ExitCode.BUNDLE_REFUSED: "pyimgano-infer: the bundle failed verification (a file's sha256 or size, the "
+    "manifest schema, or an unsupported `format_version`); the message names the file.",
+    ExitCode.PARITY_REFUSED: "pyimgano-export / pyimgano-train --export-bundle: the ONNX graph and the torch model "
+    "disagree beyond 1e-3 relative on held-out images; no bundle was written.",
+    ExitCode.DATA_ERROR: "A dataset, training image, weights file, checkpoint or run directory the job needs is "
+    "missing or unreadable; the message names it (for missing weights: the exact file and folder).",
+}

@@ -271,7 +271,8 @@ class VisionPatchCore:
     def graph(self) -> PatchCoreGraph:
         if not hasattr(self, "memory_bank_"):
             raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
-        return PatchCoreGraph(self.embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw).eval()
+        graph = PatchCoreGraph(self.embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw)
+        return graph.to(self.device).eval()
 
     @torch.no_grad()
     def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
