@@ -7,7 +7,6 @@ and the folder to put it in.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,8 @@ from typing import Callable
 import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
+
+from pyimgano.runtime.bundle import sha256_file
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -94,14 +95,6 @@ def resolve_weights(spec: BackboneSpec, weights_path: str | None) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_feature_extractor(
     spec: BackboneSpec, layers: tuple[str, ...], pretrained: bool, weights_path: str | None, seed: int
 ) -> tuple[torch.nn.Module, str | None]:
@@ -114,10 +107,13 @@ def build_feature_extractor(
     digest = None
     if pretrained:
         path = resolve_weights(spec, weights_path)
+        digest = sha256_file(path)
+        # torchvision's file names carry a sha256 prefix: a cached file that does not match is damaged.
+        if path.name == spec.weights_file and not digest.startswith(spec.sha256_prefix):
+            raise WeightsNotFoundError(f"{path} is damaged: its sha256 {digest[:16]}... does not start with {spec.sha256_prefix}")
         # weights_only=True: a state dict of tensors, never arbitrary pickled code.
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-        digest = file_sha256(path)
     known = {name for name, _ in network.named_modules()}
     missing = [layer for layer in layers if layer not in known]
     if missing:
