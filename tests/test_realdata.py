@@ -25,27 +25,25 @@ pytestmark = pytest.mark.realdata
 
 SCRIPTS = Path(sys.executable).parent
 
-# magnetic_tile is large for 2 CPU cores: a seeded subset of 300 train/good images (240 in the memory
-# bank, 60 held out for calibration) and a 2% coreset keep the suite's time bounded. The test set is
-# used whole (626 images). Full-data figures are in the closing note of issue 2.
+# magnetic_tile uses every train/good image (571 in the memory bank, 143 held out for calibration) and
+# the whole test set (626 images); a 2% coreset keeps nearest-neighbour search affordable on 2 cores.
 CASES = {
-    "piped_flr01": {"model": {}, "dataset": {}, "floors": {"image_auroc": 0.95}},
+    "piped_flr01": {"model": {}, "floors": {"image_auroc": 0.95}},
     "magnetic_tile": {
         "model": {"coreset_ratio": 0.02},
-        "dataset": {"limit_train": 300},
-        # Measured 0.9x / 0.8x here (see the note); the issue asks pixel >= 0.90, which mobilenet_v2 at
-        # 256x256 does not reach on this data (0.84 with all 714 images on the GPU sweep).
-        "floors": {"image_auroc": 0.85, "pixel_auroc": 0.78},
+        # The issue asks pixel AUROC >= 0.90. mobilenet_v2 at 256x256 measures about 0.82 here: four defect
+        # types score 0.965-0.995 per pixel, but `uneven` (large low-contrast regions, 73% of all defect
+        # pixels) scores 0.86 and dominates. The floor guards what this backbone reaches (issue 2's note).
+        "floors": {"image_auroc": 0.85, "pixel_auroc": 0.80},
     },
 }
-
 
 def train_export_infer(category: str, workdir: Path) -> dict:
     case = CASES[category]
     config = {
         "recipe": "industrial-adapt",
         "seed": 0,
-        "dataset": {"name": "mvtec", "root": str(DATA_ROOT), "category": category, "resize": [256, 256], **case["dataset"]},
+        "dataset": {"name": "mvtec", "root": str(DATA_ROOT), "category": category, "resize": [256, 256]},
         "model": {"name": "vision_patchcore", "device": "cpu", "preset": "industrial-balanced",
                   "backbone": "mobilenet_v2", "pretrained": True, **case["model"]},
         "output": {"output_dir": str(workdir / "run")},
