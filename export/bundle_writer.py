@@ -86,8 +86,7 @@ def build_manifest(
     name: str, version: str, config: WorkbenchConfig, category: str, report: dict, parity: dict, files: dict
 ) -> dict:
     contract = input_contract(config)
-    pixel = report["thresholds"]["pixel"]
-    defects = DefectsConfig(pixel_threshold=pixel["value"])
+    defects = DefectsConfig(pixel_threshold_strategy="calibrated")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -9,10 +10,22 @@ from pathlib import Path
 import click
 
 from pyimgano.runtime.bundle import BundleError, open_bundle
+from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.engine import DEVICES, Engine, EngineError
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
+
+
+def defects_from_flags(defaults: dict, pixel_threshold: float | None, min_area: int | None) -> DefectsConfig:
+    """The bundle's defects block as defaults; each explicit flag overrides its key."""
+    config = DefectsConfig.from_json(defaults)
+    overrides = {}
+    if pixel_threshold is not None:
+        overrides.update(pixel_threshold=pixel_threshold, pixel_threshold_strategy="fixed")
+    if min_area is not None:
+        overrides["min_area"] = min_area
+    return dataclasses.replace(config, enabled=True, **overrides)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,14 +68,12 @@ def main(bundle_path, inputs, save_jsonl, device, batch_size, threads, defects, 
     if (save_masks or pixel_threshold is not None or defect_min_area is not None) and not defects:
         click.echo("error: --save-masks, --pixel-threshold and --defect-min-area need --defects", err=True)
         sys.exit(ExitCode.USAGE)
-    defaults = bundle.manifest["defects"]
-    options = InferOptions(
-        batch_size=batch_size,
-        defects=defects,
-        pixel_threshold=pixel_threshold,
-        min_area=defect_min_area if defect_min_area is not None else defaults.get("min_area", 0),
-        save_masks=save_masks,
-    )
+    try:
+        defects_config = defects_from_flags(bundle.manifest["defects"], pixel_threshold, defect_min_area) if defects else None
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
+    options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks)
     out = open(save_jsonl, "w", encoding="utf-8") if save_jsonl else sys.stdout
     try:
         summary = run_inference(engine, paths, options, lambda record: out.write(json.dumps(record) + "\n"))

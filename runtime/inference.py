@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from pyimgano.runtime.defects import extract_regions
+from pyimgano.runtime.defects import DefectsConfig, extract_regions
 from pyimgano.runtime.engine import Engine
 from pyimgano.runtime.images import ImageReadError, read_rgb, to_contract
 
@@ -21,10 +21,17 @@ from pyimgano.runtime.images import ImageReadError, read_rgb, to_contract
 @dataclass(frozen=True)
 class InferOptions:
     batch_size: int = 8
-    defects: bool = False
-    pixel_threshold: float | None = None  # None = the bundle's calibrated pixel threshold
-    min_area: int = 0
+    defects: DefectsConfig | None = None  # None = no defect extraction
     save_masks: Path | None = None
+
+
+def resolve_pixel_threshold(bundle, config: DefectsConfig) -> float:
+    """`fixed` uses the configured value; `calibrated` the threshold calibrated at training time."""
+    if config.pixel_threshold_strategy == "fixed":
+        return float(config.pixel_threshold)
+    if config.pixel_threshold_strategy == "calibrated":
+        return bundle.pixel_threshold.value
+    raise ValueError(f"pixel_threshold_strategy {config.pixel_threshold_strategy!r} is not supported by this bundle")
 
 
 @dataclass
@@ -65,22 +72,26 @@ def map_stats(anomaly_map: np.ndarray) -> dict:
 
 
 class MaskWriter:
-    """Writes `<stem>_mask.png` into a folder, never overwriting another input's mask of the same stem."""
+    """Writes `<stem>_mask.png` (0/255) or `<stem>_mask.npy` (bool) into a folder, never overwriting
+    another input's mask of the same stem."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, mask_format: str = "png"):
         self.folder = folder
+        self.mask_format = mask_format
         folder.mkdir(parents=True, exist_ok=True)
         self.used: set[str] = set()
 
     def write(self, source: Path, mask: np.ndarray) -> Path:
-        name = f"{source.stem}_mask.png"
+        name = f"{source.stem}_mask.{self.mask_format}"
         counter = 1
         while name in self.used:
-            name = f"{source.stem}_{counter}_mask.png"
+            name = f"{source.stem}_{counter}_mask.{self.mask_format}"
             counter += 1
         self.used.add(name)
         path = self.folder / name
-        if not cv2.imwrite(str(path), mask):
+        if self.mask_format == "npy":
+            np.save(path, mask > 0)
+        elif not cv2.imwrite(str(path), mask):
             raise OSError(f"could not write mask {path}")
         return path
 
@@ -90,8 +101,9 @@ def run_inference(
 ) -> Summary:
     contract = engine.bundle.contract
     image_threshold = engine.bundle.image_threshold.value
-    pixel_threshold = options.pixel_threshold if options.pixel_threshold is not None else engine.bundle.pixel_threshold.value
-    masks = MaskWriter(options.save_masks) if options.defects and options.save_masks else None
+    defects = options.defects
+    pixel_threshold = resolve_pixel_threshold(engine.bundle, defects) if defects else None
+    masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     summary = Summary(images=len(paths))
     started = time.perf_counter()
     for chunk in _chunks(paths, options.batch_size):
@@ -127,9 +139,9 @@ def run_inference(
                     image_size=[int(height), int(width)],
                     map=map_stats(anomaly_map),
                 )
-                if options.defects:
+                if defects:
                     t0 = time.perf_counter()
-                    mask, regions = extract_regions(anomaly_map, (height, width), pixel_threshold, options.min_area)
+                    mask, regions = extract_regions(anomaly_map, (height, width), pixel_threshold, defects)
                     record["defects"] = {
                         "pixel_threshold": pixel_threshold,
                         "regions": regions,

@@ -160,7 +160,8 @@ def test_manifest_schema_and_recorded_checksums(edge_fixture):
     assert manifest["thresholds"]["pixel"]["count"] == manifest["thresholds"]["image"]["count"] * 256 * 256
     infer_config = json.loads((bundle_dir / "infer_config.json").read_text())
     assert infer_config["threshold"] == manifest["thresholds"]["image"]["value"]
-    assert infer_config["defects"]["pixel_threshold"] == manifest["thresholds"]["pixel"]["value"]
+    assert infer_config["defects"] == manifest["defects"]
+    assert manifest["defects"]["pixel_threshold_strategy"] == "calibrated"
     bundle = open_bundle(edge_fixture["archive"])
     assert bundle.manifest == manifest
 
