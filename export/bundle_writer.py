@@ -24,7 +24,6 @@ from pyimgano.runtime.bundle import (
     validate_manifest,
     write_archive,
 )
-from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.workbench import checkpoint
 from pyimgano.workbench.artifacts import utc_now, write_json
 from pyimgano.workbench.run import input_contract
@@ -86,7 +85,6 @@ def build_manifest(
     name: str, version: str, config: WorkbenchConfig, category: str, report: dict, parity: dict, files: dict
 ) -> dict:
     contract = input_contract(config)
-    defects = DefectsConfig(pixel_threshold_strategy="calibrated")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -94,7 +92,7 @@ def build_manifest(
         "version": version,
         "created_utc": utc_now(),
         "pyimgano_version": __version__,
-        "model": {"family": "patchcore", "category": category, "trained_utc": report["timestamp_utc"], **report["model"]},
+        "model": {"family": config.model.name.removeprefix("vision_"), "category": category, "trained_utc": report["timestamp_utc"], **report["model"]},
         "input": contract.to_json(),
         "outputs": {
             "score": SCORE_NAME,
@@ -105,10 +103,11 @@ def build_manifest(
         "thresholds": report["thresholds"],
         "map_postprocess": {
             "in_graph": ["bilinear upsampling to the input size", "gaussian blur sigma 4 px"],
-            "normalize": None,
+            # On the host after the graph (and after tiling), with statistics calibrated at training time.
+            **(report["map_postprocess"] or {"config": None, "stats": None}),
         },
-        "defects": defects.to_json(),
-        "tiling": None,
+        "defects": config.defects.to_json(),
+        "tiling": report["tiling"],
         "precision": "fp32",
         "onnx": {"file": "model.onnx", "opset": OPSET, "input": INPUT_NAME, "dynamic_batch": True},
         "parity": parity,
@@ -123,7 +122,7 @@ def infer_config(manifest: dict) -> dict:
         "model": manifest["model"],
         "threshold": manifest["thresholds"]["image"]["value"],
         "input": manifest["input"],
-        "adaptation": {"tiling": None, "postprocess": None, "save_maps": False},
+        "adaptation": {"tiling": manifest["tiling"], "postprocess": manifest["map_postprocess"]["config"]},
         "defects": manifest["defects"],
     }
 
@@ -134,7 +133,8 @@ def export_bundle(
     run_dir = Path(run_dir)
     out_dir = Path(out_dir)
     config, category, report = load_run(run_dir, category)
-    name = name or f"patchcore-{report['model']['backbone']}-{category}"
+    family = config.model.name.removeprefix("vision_")
+    name = name or "-".join(part for part in (family, report["model"].get("backbone"), category) if part)
     contract = input_contract(config)
     detector = get_model(config.model.name).build(config.model, contract, config.seed, torch.device("cpu"))
     checkpoint.load_into(detector, run_dir / report["checkpoint"])

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from pyimgano.runtime.defects import DefectsConfig
+from pyimgano.runtime.postprocess import PostprocessConfig
+from pyimgano.runtime.tiling import TilingConfig
+
 
 class ConfigError(ValueError):
     """A config that cannot be used as written; the message names the key path."""
@@ -59,6 +63,24 @@ class CalibrationConfig:
 
 
 @dataclass
+class TrainingConfig:
+    """Reaches `fit` of models that train; a model that does not train says so in the report."""
+
+    enabled: bool = False
+    epochs: int | None = None
+    lr: float | None = None
+    checkpoint_name: str = "model.npz"
+
+
+@dataclass
+class AdaptationConfig:
+    # Writes each test image's anomaly map as .npy under artifacts/maps/ and records path/shape/dtype.
+    save_maps: bool = False
+    tiling: TilingConfig | None = None
+    postprocess: PostprocessConfig | None = None
+
+
+@dataclass
 class OutputConfig:
     output_dir: str = "runs/run"
     save_run: bool = True
@@ -71,13 +93,18 @@ class WorkbenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    defects: DefectsConfig = field(default_factory=DefectsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     recipe: str = "industrial-adapt"
     seed: int = 0
 
 
-RECIPES = ("industrial-adapt",)
-DATASET_NAMES = ("mvtec",)
-INPUT_MODES = ("paths",)
+# mvtec: <root>/<category>/{train,test,ground_truth}; custom: <root>/{train/normal,test/normal,test/anomaly};
+# manifest: `root` is a JSONL file of image_path/category/split/label/mask_path/group_id rows.
+DATASET_NAMES = ("mvtec", "custom", "manifest")
+# paths: images are read from disk as each stage needs them; numpy: the same images, decoded once up front.
+INPUT_MODES = ("paths", "numpy")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -153,7 +180,10 @@ def _build(cls: type, data: dict, path: str) -> Any:
             kwargs[name] = _convert(data[name], hints[name], where)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {where!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the runtime's own dataclasses validate their values on construction
+        raise ConfigError(f"{path or 'config'}: {exc}") from exc
 
 
 def _check_choice(value: str, choices: tuple[str, ...], path: str) -> None:
@@ -171,10 +201,9 @@ def _check_range(value: float, low: float, high: float, path: str, low_open: boo
 
 def validate(config: WorkbenchConfig) -> WorkbenchConfig:
     """Checks values the types cannot express (choices and ranges)."""
-    _check_choice(config.recipe, RECIPES, "recipe")
-    _check_choice(config.dataset.name, DATASET_NAMES, "dataset.name")
-    _check_choice(config.dataset.input_mode, INPUT_MODES, "dataset.input_mode")
-    _check_choice(config.model.device, DEVICES, "model.device")
+    for path, choices in CHOICES.items():
+        section, key = path.split(".")
+        _check_choice(getattr(getattr(config, section), key), choices, path)
     if min(config.dataset.resize) < 32:
         raise ConfigError(f"dataset.resize: {list(config.dataset.resize)} is smaller than 32 pixels")
     if config.model.coreset_ratio is not None:
@@ -192,9 +221,15 @@ def validate(config: WorkbenchConfig) -> WorkbenchConfig:
 
 
 def parse_config(data: dict) -> WorkbenchConfig:
+    """Applies the recipe's defaults under the given keys, then parses strictly and validates."""
+    from pyimgano.recipes import get_recipe, merge_under  # recipes import ConfigError from here
+
     if not isinstance(data, dict):
         raise ConfigError("the config must be an object at the top level")
-    return validate(_build(WorkbenchConfig, data, ""))
+    recipe = data.get("recipe", WorkbenchConfig.recipe)
+    if not isinstance(recipe, str):
+        raise ConfigError(f"recipe: expected string, got {type(recipe).__name__} {recipe!r}")
+    return validate(_build(WorkbenchConfig, merge_under(get_recipe(recipe).defaults, data), ""))
 
 
 def load_config_file(path: str | Path) -> WorkbenchConfig:
@@ -225,3 +260,53 @@ def load_config_file(path: str | Path) -> WorkbenchConfig:
 def to_json(config: WorkbenchConfig) -> dict:
     """The resolved config as plain JSON (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+# Values a string key may take, by key path: used by validate() and written into the JSON Schema.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.name": DATASET_NAMES,
+    "dataset.input_mode": INPUT_MODES,
+    "model.device": DEVICES,
+}
+
+
+def _schema_for(tp: Any, path: str) -> dict:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_schema_for(arg, path) for arg in typing.get_args(tp)]}
+    if tp is type(None):
+        return {"type": "null"}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        properties, required = {}, []
+        for spec in dataclasses.fields(tp):
+            where = f"{path}.{spec.name}" if path else spec.name
+            prop = _schema_for(hints[spec.name], where)
+            if spec.default is not dataclasses.MISSING:
+                prop["default"] = json.loads(json.dumps(spec.default))
+            elif spec.default_factory is dataclasses.MISSING:
+                required.append(spec.name)
+            properties[spec.name] = prop
+        schema = {"type": "object", "properties": properties, "additionalProperties": False}
+        if required:
+            schema["required"] = required
+        return schema
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
+            return {"type": "array", "prefixItems": [_schema_for(arg, path) for arg in args],
+                    "minItems": len(args), "maxItems": len(args)}
+        return {"type": "array", "items": _schema_for(args[0], path) if args else {}}
+    schema = {"type": {str: "string", int: "integer", float: "number", bool: "boolean"}[tp]}
+    if path in CHOICES:
+        schema["enum"] = list(CHOICES[path])
+    return schema
+
+
+def json_schema() -> dict:
+    """JSON Schema (2020-12) of the workbench config, generated from the dataclasses above."""
+    from pyimgano.recipes import RECIPES
+
+    schema = _schema_for(WorkbenchConfig, "")
+    schema["properties"]["recipe"]["enum"] = list(RECIPES)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "pyimgano workbench config", **schema}

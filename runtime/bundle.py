@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyimgano.runtime.images import InputContract
+from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig
+from pyimgano.runtime.tiling import TilingConfig
 
 FORMAT_NAME = "pyimgano-bundle"
 FORMAT_VERSION = "1.0"
@@ -86,6 +88,9 @@ class Bundle:
     contract: InputContract
     image_threshold: Threshold
     pixel_threshold: Threshold
+    tiling: TilingConfig | None = None
+    postprocess: PostprocessConfig | None = None
+    normalization: NormalizationStats | None = None
     # Keeps an archive's extraction directory alive as long as the bundle is in use.
     _scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
@@ -194,14 +199,21 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
         verify_files(root, manifest["files"])
         try:
             contract = InputContract.from_json(manifest["input"])
+            tiling = TilingConfig.from_json(manifest["tiling"]) if manifest["tiling"] else None
+            post = manifest["map_postprocess"]
+            postprocess = PostprocessConfig.from_json(post["config"]) if post.get("config") else None
+            normalization = NormalizationStats.from_json(post["stats"]) if post.get("stats") else None
         except (TypeError, KeyError, ValueError) as exc:
-            raise BundleError(f"{MANIFEST_NAME}: input contract is invalid ({exc})") from exc
+            raise BundleError(f"{MANIFEST_NAME}: input, tiling or map_postprocess is invalid ({exc})") from exc
         return Bundle(
             root=root,
             manifest=manifest,
             contract=contract,
             image_threshold=Threshold.from_json("thresholds.image", manifest["thresholds"]["image"]),
             pixel_threshold=Threshold.from_json("thresholds.pixel", manifest["thresholds"]["pixel"]),
+            tiling=tiling,
+            postprocess=postprocess,
+            normalization=normalization,
             _scratch=scratch,
         )
     except BundleError:

@@ -10,6 +10,7 @@ class ExitCode(IntEnum):
     BUNDLE_REFUSED = 3
     PARITY_REFUSED = 4
     DATA_ERROR = 5
+    RECIPE_PLACEHOLDER = 6
 
 
 DESCRIPTIONS = {
@@ -24,4 +25,6 @@ DESCRIPTIONS = {
     "disagree beyond 1e-3 relative on held-out images; no bundle was written.",
     ExitCode.DATA_ERROR: "A dataset, training image, weights file, checkpoint or run directory the job needs is "
     "missing or unreadable; the message names it (for missing weights: the exact file and folder).",
+    ExitCode.RECIPE_PLACEHOLDER: "pyimgano-train: the recipe is a placeholder (`anomalib-train`); the message says "
+    "what to do instead. Nothing was trained.",
 }

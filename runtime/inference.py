@@ -15,7 +15,9 @@ import numpy as np
 
 from pyimgano.runtime.defects import DefectsConfig, extract_regions
 from pyimgano.runtime.engine import Engine
-from pyimgano.runtime.images import ImageReadError, read_rgb, to_contract
+from pyimgano.runtime.images import ImageReadError, read_rgb
+from pyimgano.runtime.postprocess import apply_postprocess
+from pyimgano.runtime.scoring import score_images
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,16 @@ class MaskWriter:
 def run_inference(
     engine: Engine, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
 ) -> Summary:
-    contract = engine.bundle.contract
-    image_threshold = engine.bundle.image_threshold.value
+    bundle = engine.bundle
+    image_threshold = bundle.image_threshold.value
     defects = options.defects
-    pixel_threshold = resolve_pixel_threshold(engine.bundle, defects) if defects else None
+    pixel_threshold = resolve_pixel_threshold(bundle, defects) if defects else None
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     summary = Summary(images=len(paths))
     started = time.perf_counter()
     for chunk in _chunks(paths, options.batch_size):
         records: list[dict] = []
-        batch, sizes, slots = [], [], []
+        images, slots = [], []
         for path in chunk:
             t0 = time.perf_counter()
             try:
@@ -117,18 +119,19 @@ def run_inference(
                 records.append({"input": str(path), "error": str(exc)})
                 summary.errors += 1
                 continue
-            t1 = time.perf_counter()
-            batch.append(to_contract(image, contract))
-            summary.stage_seconds["decode"] += t1 - t0
-            summary.stage_seconds["preprocess"] += time.perf_counter() - t1
-            sizes.append(image.shape[:2])
+            summary.stage_seconds["decode"] += time.perf_counter() - t0
+            images.append(image)
             slots.append(len(records))
             records.append({"input": str(path)})
-        if batch:
+        if images:
+            scores, maps = score_images(engine.run, images, bundle.contract, bundle.tiling, options.batch_size,
+                                        summary.stage_seconds)
             t0 = time.perf_counter()
-            scores, maps = engine.run(np.stack(batch))
-            summary.stage_seconds["graph"] += time.perf_counter() - t0
-            for slot, score, anomaly_map, (height, width) in zip(slots, scores, maps, sizes):
+            if bundle.postprocess:
+                maps = [apply_postprocess(m, bundle.postprocess, bundle.normalization) for m in maps]
+            summary.stage_seconds["preprocess"] += time.perf_counter() - t0
+            for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
+                height, width = image.shape[:2]
                 label = int(score > image_threshold)
                 summary.anomalous += label
                 record = records[slot]

@@ -10,6 +10,7 @@ Pure numpy/OpenCV so the workbench and the edge compute the same thing with the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -123,17 +124,20 @@ def _check_map(anomaly_map: np.ndarray) -> None:
         raise ValueError(f"anomaly_map must be a non-empty 2-D (H, W) array, got shape {anomaly_map.shape}")
 
 
-def calibrate_normalization(normal_maps: np.ndarray, config: PostprocessConfig) -> NormalizationStats | None:
-    """Stats over all pixels of the normal maps [N, H, W], taken after smoothing and morphology.
+def calibrate_normalization(
+    normal_maps: Iterable[np.ndarray], config: PostprocessConfig
+) -> NormalizationStats | None:
+    """Stats over all pixels of the normal maps (each (H, W)), taken after smoothing and morphology.
 
     Taken after the other steps because those change the value range (a blur lowers peaks), and the
     stats must describe exactly the values they will normalise. None when the config does not normalise.
     """
     if not config.normalizes:
         return None
-    maps = np.asarray(normal_maps)
-    if maps.ndim != 3 or maps.size == 0:
-        raise ValueError(f"normal_maps must be a non-empty [N, H, W] array, got shape {maps.shape}")
+    # A sequence, not one array: tiled maps keep each image's own size.
+    maps = [np.asarray(anomaly_map) for anomaly_map in normal_maps]
+    if not maps or any(anomaly_map.ndim != 2 or anomaly_map.size == 0 for anomaly_map in maps):
+        raise ValueError("normal_maps must be a non-empty sequence of non-empty (H, W) maps")
     values = np.concatenate([_smooth(anomaly_map, config).ravel() for anomaly_map in maps])
     if not np.isfinite(values).all():
         raise ValueError("normal_maps contain NaN or infinite values")

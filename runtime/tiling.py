@@ -173,6 +173,6 @@ def reduce_scores(tile_scores: np.ndarray, config: TilingConfig) -> float:
         return float(scores.max())
     if config.score_reduce == "mean":
         return float(scores.mean())
-    # Rounded first so that 0.3 * 10 = 3.0000000000000004 takes the top 3, not 4.
+    # Rounded first so that 0.07 * 100 = 7.000000000000001 takes the top 7, not 8.
     count = min(scores.size, max(1, math.ceil(round(config.score_topk * scores.size, 9))))
     return float(np.sort(scores)[-count:].mean())

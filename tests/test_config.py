@@ -264,9 +264,9 @@ def test_optional_sections_may_be_missing():
     ("dotted", "value", "expected"),
     [
         ("model.device", "gpu", "model.device: 'gpu' is not one of ['auto', 'cpu', 'cuda']"),
-        ("recipe", "industrial-fast", "recipe: 'industrial-fast' is not one of ['industrial-adapt']"),
-        ("dataset.name", "visa", "dataset.name: 'visa' is not one of ['mvtec']"),
-        ("dataset.input_mode", "numpy", "dataset.input_mode: 'numpy' is not one of ['paths']"),
+        ("recipe", "industrial-fast", "recipe: 'industrial-fast' is not a builtin recipe; did you mean 'industrial-adapt'? (--list-recipes)"),
+        ("dataset.name", "visa", "dataset.name: 'visa' is not one of ['mvtec', 'custom', 'manifest']"),
+        ("dataset.input_mode", "tensor", "dataset.input_mode: 'tensor' is not one of ['paths', 'numpy']"),
         ("model.coreset_ratio", 0, "model.coreset_ratio: 0.0 is outside (0.0, 1.0]"),
         ("model.coreset_ratio", 1.5, "model.coreset_ratio: 1.5 is outside (0.0, 1.0]"),
         ("model.coreset_ratio", -0.1, "model.coreset_ratio: -0.1 is outside (0.0, 1.0]"),

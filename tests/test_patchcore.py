@@ -449,9 +449,9 @@ def test_unfitted_detector_refuses_to_score():
 
 
 def test_checkpoint_round_trip_and_width_mismatch(fitted, tmp_path):
-    folder = tmp_path / "ckpt"
-    paths = checkpoint.save(folder, fitted)
-    assert paths["arrays"].is_file() and paths["meta"].is_file()
+    folder = tmp_path / "ckpt" / "model.npz"
+    assert checkpoint.save(folder, fitted) == folder
+    assert folder.is_file() and folder.with_suffix(".json").is_file()
 
     fresh = VisionPatchCore(BASE_PARAMS, CPU)
     assert checkpoint.load_into(fresh, folder) is fresh
@@ -470,4 +470,4 @@ def test_checkpoint_round_trip_and_width_mismatch(fitted, tmp_path):
     assert not hasattr(narrow, "memory_bank_")
 
     with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
-        checkpoint.load_into(VisionPatchCore(BASE_PARAMS, CPU), tmp_path / "missing")
+        checkpoint.load_into(VisionPatchCore(BASE_PARAMS, CPU), tmp_path / "missing.npz")

@@ -117,7 +117,7 @@ def test_run_directory_artifacts(trained):
     assert thresholds["image"]["count"] == trained["report"]["counts"]["holdout"]
     # The image threshold is the (1 - contamination) quantile of held-out normal scores.
     assert thresholds["image"]["quantile"] == pytest.approx(0.9)
-    with np.load(run_dir / trained["report"]["checkpoint"] / "state.npz", allow_pickle=False) as state:
+    with np.load(run_dir / trained["report"]["checkpoint"], allow_pickle=False) as state:
         assert state["memory_bank"].shape[0] == trained["report"]["model"]["memory_bank_rows"]
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import click
 
-from pyimgano.config import ConfigError, load_config_file, validate
+from pyimgano.config import ConfigError, json_schema, load_config_file, to_json, validate
+from pyimgano.recipes import RECIPES, get_recipe
 from pyimgano.runtime.exit_codes import ExitCode
 
 
@@ -16,47 +18,114 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
 def summary_table(report: dict) -> str:
     header = ("category", "image_auroc", "pixel_auroc", "pixel_aupro_0.3", "image_f1", "fit_s", "eval_img/s")
-    rows = [header] + [
-        (
-            category,
-            _fmt(row["image_auroc"]),
-            _fmt(row["pixel_auroc"]),
-            _fmt(row["pixel_aupro_0.3"]),
-            _fmt(row["image_f1"]),
-            _fmt(row["fit_seconds"]),
-            _fmt(row["eval_images_per_second"]),
-        )
+    return table([header] + [
+        (category, _fmt(row["image_auroc"]), _fmt(row["pixel_auroc"]), _fmt(row["pixel_aupro_0.3"]),
+         _fmt(row["image_f1"]), _fmt(row["fit_seconds"]), _fmt(row["eval_images_per_second"]))
         for category, row in report["categories"].items()
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
+    ])
+
+
+def _echo(payload, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def list_recipes(as_json: bool) -> None:
+    payload = [{"name": r.name, "summary": r.summary, "placeholder": r.placeholder} for r in RECIPES.values()]
+    _echo(payload, as_json, table([("recipe", "summary")] + [(r.name, r.summary) for r in RECIPES.values()]))
+
+
+def recipe_info(name: str, as_json: bool) -> None:
+    recipe = get_recipe(name)
+    payload = {"name": recipe.name, "summary": recipe.summary, "placeholder": recipe.placeholder,
+               "defaults": recipe.defaults, "config_schema": json_schema()}
+    text = (f"{recipe.name}: {recipe.summary}\n\ndefaults applied under your config:\n"
+            f"{json.dumps(recipe.defaults, indent=2)}\n\nconfig schema (docs/config.schema.json):\n"
+            f"{json.dumps(json_schema(), indent=2)}")
+    _echo(payload, as_json, text)
+
+
+def _model_rows(entries) -> list[dict]:
+    return [{"name": e.name, "description": e.description, "trains": e.trains, "default_preset": e.default_preset,
+             "presets": e.presets} for e in entries]
+
+
+def list_models(as_json: bool) -> None:
+    from pyimgano.models.registry import list_models as registered
+
+    rows = _model_rows(registered())
+    _echo(rows, as_json, table([("model", "trains", "description")] +
+                               [(r["name"], str(r["trains"]).lower(), r["description"]) for r in rows]))
+
+
+def model_info(name: str, as_json: bool) -> None:
+    from pyimgano.models.registry import get_model
+
+    [row] = _model_rows([get_model(name)])
+    _echo(row, as_json, json.dumps(row, indent=2))
+
+
+def resolve(config_path: Path, root, category, device, output_dir):
+    config = load_config_file(config_path)
+    dataset = dataclasses.replace(config.dataset, root=root or config.dataset.root,
+                                  category=category or config.dataset.category)
+    model = dataclasses.replace(config.model, device=device or config.model.device)
+    output = dataclasses.replace(config.output, output_dir=output_dir or config.output.output_dir)
+    return validate(dataclasses.replace(config, dataset=dataset, model=model, output=output))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Workbench config, JSON (or YAML when PyYAML is installed).")
 @click.option("--root", help="Override dataset.root.")
 @click.option("--category", help="Override dataset.category ('all' = every category under the root).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override model.device.")
 @click.option("--output-dir", help="Override output.output_dir.")
+@click.option("--dry-run", is_flag=True, help="Validate the config, print it resolved (recipe defaults applied), exit.")
+@click.option("--export-infer-config", is_flag=True,
+              help="Also write artifacts/infer_config.json (thresholds, adaptation, defects block) into the run.")
 @click.option("--export-bundle", "export_dir", type=click.Path(file_okay=False, path_type=Path),
               help="After training, export each category's bundle into this folder.")
-def main(config_path, root, category, device, output_dir, export_dir):
+@click.option("--list-recipes", "show_recipes", is_flag=True, help="List the builtin recipes and exit.")
+@click.option("--recipe-info", "recipe_name", metavar="NAME", help="Show a recipe's defaults and the config schema, and exit.")
+@click.option("--list-models", "show_models", is_flag=True, help="List the registered models and exit.")
+@click.option("--model-info", "model_name", metavar="NAME", help="Show a model's presets and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --list-*/--*-info: machine-readable output.")
+def main(config_path, root, category, device, output_dir, dry_run, export_infer_config, export_dir,
+         show_recipes, recipe_name, show_models, model_name, as_json):
     """Fit, calibrate and evaluate a detector as the config says; write a run directory."""
     try:
-        config = load_config_file(config_path)
-        dataset = dataclasses.replace(config.dataset, root=root or config.dataset.root,
-                                      category=category or config.dataset.category)
-        model = dataclasses.replace(config.model, device=device or config.model.device)
-        output = dataclasses.replace(config.output, output_dir=output_dir or config.output.output_dir)
-        config = validate(dataclasses.replace(config, dataset=dataset, model=model, output=output))
+        if show_recipes or recipe_name or show_models or model_name:
+            if show_recipes:
+                list_recipes(as_json)
+            if recipe_name:
+                recipe_info(recipe_name, as_json)
+            if show_models:
+                list_models(as_json)
+            if model_name:
+                model_info(model_name, as_json)
+            sys.exit(ExitCode.OK)
+        if config_path is None:
+            raise click.UsageError("--config is required (or one of --list-recipes, --recipe-info, --list-models, --model-info)")
+        config = resolve(config_path, root, category, device, output_dir)
         if export_dir and not config.output.save_run:
             raise ConfigError("--export-bundle needs output.save_run = true (the bundle is made from the run)")
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(ExitCode.USAGE)
+    if dry_run:
+        click.echo(json.dumps(to_json(config), indent=2))
+        sys.exit(ExitCode.OK)
+    recipe = get_recipe(config.recipe)
+    if recipe.placeholder:
+        click.echo(f"recipe {recipe.name} is a placeholder: {recipe.summary}", err=True)
+        sys.exit(ExitCode.RECIPE_PLACEHOLDER)
 
     # torch is imported only once the config is known to be good, so config errors come back fast.
     from pyimgano.data.mvtec import DatasetError
@@ -64,7 +133,7 @@ def main(config_path, root, category, device, output_dir, export_dir):
     from pyimgano.workbench.run import run_workbench
 
     try:
-        report = run_workbench(config)
+        report = run_workbench(config, export_infer_config=export_infer_config)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(ExitCode.USAGE)

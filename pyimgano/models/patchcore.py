@@ -234,6 +234,9 @@ class NotFittedError(RuntimeError):
 class VisionPatchCore:
     """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
 
+    # The memory bank is collected, not trained: `fit` takes no epochs or learning rate.
+    trains = False
+
     def __init__(self, params: PatchCoreParams, device: torch.device):
         self.params = params
         self.device = device
@@ -261,7 +264,7 @@ class VisionPatchCore:
         parts = [self.embedder(batch)[0].reshape(-1, self.feature_dim) for batch in self._batches(images)]
         return torch.cat(parts)
 
-    def fit(self, images: np.ndarray) -> "VisionPatchCore":
+    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPatchCore":
         features = self.embed(images)
         keep = greedy_coreset(features, self.params.coreset_ratio, self.params.seed)
         self.memory_bank_ = features[keep.to(features.device)].contiguous()

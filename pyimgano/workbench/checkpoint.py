@@ -13,30 +13,27 @@ import numpy as np
 
 from pyimgano.workbench.artifacts import write_json, write_npz
 
-ARRAYS_FILE = "state.npz"
-META_FILE = "state.json"
-
-
 class CheckpointError(Exception):
     pass
 
 
-def save(folder: Path, detector) -> dict[str, Path]:
+def save(path: Path, detector) -> Path:
+    """Writes `path` (.npz arrays) and `path` with a .json suffix (metadata); returns `path`."""
     arrays, meta = detector.state()
-    write_npz(folder / ARRAYS_FILE, **arrays)
-    write_json(folder / META_FILE, meta)
-    return {"arrays": folder / ARRAYS_FILE, "meta": folder / META_FILE}
+    write_npz(path, **arrays)
+    write_json(path.with_suffix(".json"), meta)
+    return path
 
 
-def load_into(detector, folder: Path):
-    """Loads a checkpoint folder into a freshly built detector of the same configuration."""
+def load_into(detector, path: Path):
+    """Loads a checkpoint written by `save` into a freshly built detector of the same configuration."""
     try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint in {folder}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     try:
         return detector.load_state(arrays, meta)
     except ValueError as exc:
-        raise CheckpointError(f"checkpoint {folder} does not fit this model: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc

@@ -13,11 +13,14 @@ import torch
 
 from pyimgano import metrics
 from pyimgano.config import ConfigError, WorkbenchConfig, to_json
-from pyimgano.data.mvtec import CategorySplit, Sample, list_categories, load_images, load_masks, load_split
+from pyimgano.data.mvtec import CategorySplit, DatasetError, Sample
+from pyimgano.data.sources import list_dataset_categories, load_dataset_split
 from pyimgano.models.registry import get_model
-from pyimgano.runtime.images import InputContract
+from pyimgano.runtime.images import ImageReadError, InputContract, read_mask, read_rgb
+from pyimgano.runtime.postprocess import apply_postprocess, calibrate_normalization
 from pyimgano.workbench import artifacts, checkpoint
 from pyimgano.workbench.calibration import quantile_threshold
+from pyimgano.workbench.scoring import ImageScoring
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -62,7 +65,32 @@ def image_quantile(config: WorkbenchConfig) -> float:
     return 1.0 - config.model.contamination
 
 
-def evaluate(test: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
+def read_images(samples: list[Sample]) -> list[np.ndarray]:
+    """Original-size RGB images. A dataset image that cannot be read is an error, named."""
+    images = []
+    for sample in samples:
+        try:
+            images.append(read_rgb(sample.path))
+        except ImageReadError as exc:
+            raise DatasetError(f"{sample.path}: {exc}") from exc
+    return images
+
+
+def read_masks(samples: list[Sample], maps: list[np.ndarray]) -> list[np.ndarray]:
+    """Ground truth at each map's own size; good images (and defect images without a mask) all-normal."""
+    masks = []
+    for sample, anomaly_map in zip(samples, maps):
+        if sample.mask_path is None:
+            masks.append(np.zeros(anomaly_map.shape, dtype=bool))
+            continue
+        try:
+            masks.append(read_mask(sample.mask_path, *anomaly_map.shape))
+        except ImageReadError as exc:
+            raise DatasetError(str(exc)) from exc
+    return masks
+
+
+def evaluate(test: list[Sample], scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray], threshold: float) -> dict:
     labels = np.array([sample.label for sample in test])
     result: dict = {"image": {}, "pixel": None}
     if labels.min() != labels.max():
@@ -82,36 +110,57 @@ def evaluate(test: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np
     return result
 
 
+def save_maps(folder: Path, samples: list[Sample], maps: list[np.ndarray], run_dir: Path) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (sample, anomaly_map) in enumerate(zip(samples, maps)):
+        path = folder / f"{index:05d}_{sample.path.stem}.npy"
+        np.save(path, anomaly_map.astype(np.float32))
+        entries.append({"path": str(path.relative_to(run_dir)), "shape": list(anomaly_map.shape), "dtype": "float32"})
+    return entries
+
+
 def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: torch.device) -> dict:
     contract = input_contract(config)
-    split = load_split(config.dataset.root, category)
+    split = load_dataset_split(config.dataset, category, config.seed)
     parts = partition(split, config)
     entry = get_model(config.model.name)
+    detector = entry.build(config.model, contract, config.seed, device)
+    tiling = config.adaptation.tiling
+    # Batches of 64 model inputs bound host memory; the detector splits them further by model.batch_size.
+    scoring = ImageScoring(detector, contract, tiling, batch_size=64)
 
     started = time.perf_counter()
-    fit_images = load_images(parts.fit, contract)
-    detector = entry.build(config.model, contract, config.seed, device)
-    detector.fit(fit_images)
+    training = scoring.fit(read_images(parts.fit), config.training)
     fit_seconds = time.perf_counter() - started
-    del fit_images
 
-    holdout_scores, holdout_maps = detector.predict_maps(load_images(parts.holdout, contract))
+    postprocess = config.adaptation.postprocess
+    holdout_scores, holdout_maps = scoring.predict(read_images(parts.holdout))
+    stats = calibrate_normalization(holdout_maps, postprocess) if postprocess else None
+    if postprocess:
+        holdout_maps = [apply_postprocess(m, postprocess, stats) for m in holdout_maps]
     source = f"{len(parts.holdout)} held-out train/good images of {category}"
     thresholds = {
         "image": quantile_threshold(holdout_scores, image_quantile(config), "normal_score_quantile", source),
-        "pixel": quantile_threshold(holdout_maps, config.calibration.pixel_quantile, "normal_pixel_quantile", source),
+        "pixel": quantile_threshold(np.concatenate([m.ravel() for m in holdout_maps]),
+                                    config.calibration.pixel_quantile, "normal_pixel_quantile", source),
     }
     del holdout_maps
 
     started = time.perf_counter()
-    scores, maps = detector.predict_maps(load_images(parts.test, contract))
+    scores, maps = scoring.predict(read_images(parts.test))
+    if postprocess:
+        maps = [apply_postprocess(m, postprocess, stats) for m in maps]
     eval_seconds = time.perf_counter() - started
-    masks = load_masks(parts.test, contract)
     threshold = thresholds["image"]["value"]
-    results = evaluate(parts.test, scores, maps, masks, threshold)
+    results = evaluate(parts.test, scores, maps, read_masks(parts.test, maps), threshold)
 
     category_dir = run_dir / "categories" / category
-    checkpoint_dir = run_dir / "checkpoints" / category
+    checkpoint_path = run_dir / "checkpoints" / category / config.training.checkpoint_name
+    saved_maps = (
+        save_maps(run_dir / "artifacts" / "maps" / category, parts.test, maps, run_dir)
+        if config.adaptation.save_maps and config.output.save_run else [None] * len(parts.test)
+    )
     per_image = [
         {
             "path": str(sample.path),
@@ -123,15 +172,21 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
             "threshold": threshold,
             "predicted": int(score > threshold),
             "map_max": float(anomaly_map.max()),
+            **({"map": saved} if saved else {}),
         }
-        for sample, score, anomaly_map in zip(parts.test, scores, maps)
+        for sample, score, anomaly_map, saved in zip(parts.test, scores, maps, saved_maps)
     ]
     report = {
         **artifacts.report_header(),
         "category": category,
+        "recipe": config.recipe,
         "model": {"name": config.model.name, **detector.describe()},
+        "training": training,
         "counts": {"fit": len(parts.fit), "holdout": len(parts.holdout), "test": len(parts.test)},
         "thresholds": thresholds,
+        "map_postprocess": {"config": postprocess.to_json(), "stats": stats.to_json() if stats else None}
+        if postprocess else None,
+        "tiling": tiling.to_json() if tiling else None,
         "metrics": results,
         "timing": {
             "fit_seconds": round(fit_seconds, 3),
@@ -139,22 +194,42 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
             "eval_images_per_second": round(len(parts.test) / eval_seconds, 3),
         },
         "calibration_images": [str(sample.path) for sample in parts.holdout],
-        "checkpoint": str(checkpoint_dir.relative_to(run_dir)),
+        "checkpoint": str(checkpoint_path.relative_to(run_dir)),
         "per_image_jsonl": "per_image.jsonl" if config.output.per_image_jsonl else None,
     }
     if config.output.save_run:
-        checkpoint.save(checkpoint_dir, detector)
+        checkpoint.save(checkpoint_path, detector)
         artifacts.write_json(category_dir / "report.json", report)
         if config.output.per_image_jsonl:
             artifacts.write_jsonl(category_dir / "per_image.jsonl", per_image)
     return report
 
 
-def run_workbench(config: WorkbenchConfig) -> dict:
+def infer_config(config: WorkbenchConfig, reports: dict[str, dict]) -> dict:
+    """artifacts/infer_config.json: what deployment-style inference needs from this run."""
+    return {
+        **artifacts.report_header(),
+        "model": to_json(config)["model"],
+        "input": input_contract(config).to_json(),
+        "adaptation": to_json(config)["adaptation"],
+        "defects": config.defects.to_json(),
+        "categories": {
+            category: {
+                "threshold": report["thresholds"]["image"]["value"],
+                "pixel_threshold": report["thresholds"]["pixel"]["value"],
+                "map_postprocess": report["map_postprocess"],
+                "checkpoint": report["checkpoint"],
+            }
+            for category, report in reports.items()
+        },
+    }
+
+
+def run_workbench(config: WorkbenchConfig, export_infer_config: bool = False) -> dict:
     """Runs every requested category and writes the run directory. Returns the top-level report."""
     device = resolve_device(config.model.device)
     categories = (
-        list_categories(config.dataset.root) if config.dataset.category == "all" else [config.dataset.category]
+        list_dataset_categories(config.dataset) if config.dataset.category == "all" else [config.dataset.category]
     )
     run_dir = Path(config.output.output_dir)
     torch.manual_seed(config.seed)
@@ -183,5 +258,8 @@ def run_workbench(config: WorkbenchConfig) -> dict:
         "categories": summary,
     }
     if config.output.save_run:
+        if export_infer_config:
+            artifacts.write_json(run_dir / "artifacts" / "infer_config.json", infer_config(config, reports))
+            top["infer_config"] = "artifacts/infer_config.json"
         artifacts.write_json(run_dir / "report.json", top)
     return top
