@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": "industrial-adapt",
         "seed": 0,
         "dataset": {"name": "mvtec", "root": str(root), "category": category, "resize": [256, 256]},
-        "model": {"name": "vision_patchcore", "device": args.device, "preset": "industrial-balanced",
+        "model": {"name": "vision_patchcore", "device": args.device, "preset": "industrial-fast",
                   "backbone": "mobilenet_v2", "pretrained": True},
         "output": {"output_dir": str(out / "run"), "save_run": True, "per_image_jsonl": True},
     }

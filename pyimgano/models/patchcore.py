@@ -30,6 +30,7 @@ CORESET_PROJECTION_DIM = 128
 CORESET_MAX_PER_ROUND = 256
 CORESET_ROUNDS_HINT = 100
 CORESET_POOL_FACTOR = 4
+CORESET_UPDATE_ROWS = 16384
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
@@ -197,17 +198,23 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
         take = min(per_round, target - len(selected))
         pool = torch.topk(min_d2, min(total, take * CORESET_POOL_FACTOR)).indices
         pool_points = reduced[pool]
-        pool_d2 = min_d2[pool].clone()
+        # Exact greedy within the pool on a precomputed pairwise matrix: the per-pick step is then one
+        # small numpy minimum, not several torch launches (which dominated at 10^4+ picks).
+        pool_pairwise = _sq_dist_to(pool_points, reduced_sq[pool], pool_points).cpu().numpy()
+        pool_d2 = min_d2[pool].cpu().numpy().copy()
         chosen = []
         for _ in range(take):
             best = int(pool_d2.argmax())
             chosen.append(best)
-            centre = pool_points[best]
-            pool_d2 = torch.minimum(pool_d2, ((pool_points - centre) ** 2).sum(dim=1))
+            np.minimum(pool_d2, pool_pairwise[best], out=pool_d2)
         chosen_rows = pool[torch.tensor(chosen, device=pool.device)]
         selected.extend(int(row) for row in chosen_rows)
-        new_d2 = _sq_dist_to(reduced, reduced_sq, reduced[chosen_rows]).min(dim=1).values.clamp_min(0.0)
-        min_d2 = torch.minimum(min_d2, new_d2)
+        centres = reduced[chosen_rows]
+        # Row chunks keep the [rows, centres] block cache-sized instead of one pass over a huge matrix.
+        for start in range(0, total, CORESET_UPDATE_ROWS):
+            stop = start + CORESET_UPDATE_ROWS
+            new_d2 = _sq_dist_to(reduced[start:stop], reduced_sq[start:stop], centres).min(dim=1).values
+            torch.minimum(min_d2[start:stop], new_d2.clamp_min(0.0), out=min_d2[start:stop])
     return torch.tensor(selected, dtype=torch.long)
 
 
