@@ -7,14 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyimgano import __version__
-from pyimgano.config import WorkbenchConfig, parse_config
+from pyimgano.config import WorkbenchConfig
 from pyimgano.data.mvtec import Sample, load_images
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
-from pyimgano.models.registry import get_model
 from pyimgano.runtime.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -24,7 +22,7 @@ from pyimgano.runtime.bundle import (
     validate_manifest,
     write_archive,
 )
-from pyimgano.workbench import checkpoint
+from pyimgano.workbench.serve import RunError, load_detector, load_run
 from pyimgano.workbench.artifacts import utc_now, write_json
 from pyimgano.workbench.run import input_contract
 
@@ -47,27 +45,6 @@ class ExportResult:
     bundle_dir: Path
     archive: Path
     parity: dict
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str, dict]:
-    """The run's config, the category to export and its report."""
-    config = parse_config(_read_json(run_dir / "config.json"))
-    top = _read_json(run_dir / "report.json")
-    categories = sorted(top["categories"])
-    if category is None:
-        if len(categories) != 1:
-            raise ExportError(f"run {run_dir} holds categories {categories}: pass --category")
-        category = categories[0]
-    if category not in categories:
-        raise ExportError(f"category {category!r} is not in run {run_dir} (it holds {categories})")
-    return config, category, _read_json(run_dir / "categories" / category / "report.json")
 
 
 def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
@@ -98,7 +75,7 @@ def build_manifest(
             "score": SCORE_NAME,
             "map": MAP_NAME,
             "map_shape": [contract.height, contract.width],
-            "units": "raw nearest-neighbour patch distance; higher = more anomalous",
+            "units": report["model"].get("score_units", "raw nearest-neighbour patch distance; higher = more anomalous"),
         },
         "thresholds": report["thresholds"],
         "map_postprocess": {
@@ -132,13 +109,14 @@ def export_bundle(
 ) -> ExportResult:
     run_dir = Path(run_dir)
     out_dir = Path(out_dir)
-    config, category, report = load_run(run_dir, category)
+    try:
+        config, category, report = load_run(run_dir, category)
+    except RunError as exc:
+        raise ExportError(str(exc)) from exc
     family = config.model.name.removeprefix("vision_")
     name = name or "-".join(part for part in (family, report["model"].get("backbone"), category) if part)
     contract = input_contract(config)
-    detector = get_model(config.model.name).build(config.model, contract, config.seed, torch.device("cpu"))
-    checkpoint.load_into(detector, run_dir / report["checkpoint"])
-    graph = detector.graph()
+    graph = load_detector(run_dir, config, report, torch.device("cpu")).graph()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}"

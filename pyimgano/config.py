@@ -48,6 +48,8 @@ class ModelConfig:
     coreset_ratio: float | None = None
     num_neighbors: int | None = None
     embed_dim: int | None = None
+    # vision_padim: size of the random channel subset that keeps per-position covariances small.
+    n_features: int | None = None
     # Expected share of anomalies among normal-looking data: the image threshold is the
     # (1 - contamination) quantile of held-out normal scores unless calibration.image_quantile says otherwise.
     contamination: float = 0.1

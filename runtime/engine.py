@@ -45,6 +45,39 @@ class Engine:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [outputs["score"], outputs["map"]]
 
+    # The ScoringSource view of the bundle (runtime.inference).
+    @property
+    def name(self) -> str:
+        return f"{self.bundle.manifest['name']}-{self.bundle.manifest['version']}"
+
+    @property
+    def contract(self):
+        return self.bundle.contract
+
+    @property
+    def tiling(self):
+        return self.bundle.tiling
+
+    @property
+    def postprocess(self):
+        return self.bundle.postprocess
+
+    @property
+    def normalization(self):
+        return self.bundle.normalization
+
+    @property
+    def image_threshold(self) -> float:
+        return self.bundle.image_threshold.value
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self.bundle.pixel_threshold.value
+
+    @property
+    def defects_defaults(self) -> dict:
+        return self.bundle.manifest["defects"]
+
     @property
     def device(self) -> str:
         return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"

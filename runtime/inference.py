@@ -8,15 +8,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import cv2
 import numpy as np
 
 from pyimgano.runtime.defects import DefectsConfig, extract_regions
-from pyimgano.runtime.engine import Engine
-from pyimgano.runtime.images import ImageReadError, read_rgb
-from pyimgano.runtime.postprocess import apply_postprocess
+from pyimgano.runtime.images import ImageReadError, InputContract, read_rgb
+from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig, apply_postprocess
+from pyimgano.runtime.tiling import TilingConfig
 from pyimgano.runtime.scoring import score_images
 
 
@@ -27,13 +27,30 @@ class InferOptions:
     save_masks: Path | None = None
 
 
-def resolve_pixel_threshold(bundle, config: DefectsConfig) -> float:
+class ScoringSource(Protocol):
+    """What the inference loop needs: the ONNX Engine over a bundle, or the workbench's torch model
+    loaded from a run directory (pyimgano.workbench.serve) — same records either way."""
+
+    name: str
+    device: str
+    contract: InputContract
+    tiling: TilingConfig | None
+    postprocess: PostprocessConfig | None
+    normalization: NormalizationStats | None
+    image_threshold: float
+    pixel_threshold: float
+    defects_defaults: dict
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def resolve_pixel_threshold(source: ScoringSource, config: DefectsConfig) -> float:
     """`fixed` uses the configured value; `calibrated` the threshold calibrated at training time."""
     if config.pixel_threshold_strategy == "fixed":
         return float(config.pixel_threshold)
     if config.pixel_threshold_strategy == "calibrated":
-        return bundle.pixel_threshold.value
-    raise ValueError(f"pixel_threshold_strategy {config.pixel_threshold_strategy!r} is not supported by this bundle")
+        return source.pixel_threshold
+    raise ValueError(f"pixel_threshold_strategy {config.pixel_threshold_strategy!r} is not supported here")
 
 
 @dataclass
@@ -99,12 +116,11 @@ class MaskWriter:
 
 
 def run_inference(
-    engine: Engine, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
+    source: ScoringSource, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
 ) -> Summary:
-    bundle = engine.bundle
-    image_threshold = bundle.image_threshold.value
+    image_threshold = source.image_threshold
     defects = options.defects
-    pixel_threshold = resolve_pixel_threshold(bundle, defects) if defects else None
+    pixel_threshold = resolve_pixel_threshold(source, defects) if defects else None
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     summary = Summary(images=len(paths))
     started = time.perf_counter()
@@ -124,11 +140,11 @@ def run_inference(
             slots.append(len(records))
             records.append({"input": str(path)})
         if images:
-            scores, maps = score_images(engine.run, images, bundle.contract, bundle.tiling, options.batch_size,
+            scores, maps = score_images(source.run, images, source.contract, source.tiling, options.batch_size,
                                         summary.stage_seconds)
             t0 = time.perf_counter()
-            if bundle.postprocess:
-                maps = [apply_postprocess(m, bundle.postprocess, bundle.normalization) for m in maps]
+            if source.postprocess:
+                maps = [apply_postprocess(m, source.postprocess, source.normalization) for m in maps]
             summary.stage_seconds["preprocess"] += time.perf_counter() - t0
             for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
                 height, width = image.shape[:2]

@@ -21,7 +21,7 @@ from pyimgano.runtime.exit_codes import ExitCode
 
 pytestmark = pytest.mark.edge
 
-INFER = [sys.executable, "-m", "pyimgano.runtime.cli"]
+INFER = [sys.executable, "-m", "pyimgano.cli.infer"]
 
 
 def run_infer(*args: str) -> subprocess.CompletedProcess:
@@ -53,7 +53,7 @@ def test_infer_never_imports_torch(edge_fixture, tmp_path):
         "import sys, runpy\n"
         f"sys.argv = ['pyimgano-infer', '--bundle', {str(edge_fixture['archive'])!r}, '--input', {str(image)!r},"
         f" '--save-jsonl', {str(tmp_path / 'o.jsonl')!r}, '--defects']\n"
-        "try:\n    runpy.run_module('pyimgano.runtime.cli', run_name='__main__')\n"
+        "try:\n    runpy.run_module('pyimgano.cli.infer', run_name='__main__')\n"
         "except SystemExit as exc:\n    code = exc.code\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)\n"
     )

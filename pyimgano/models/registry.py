@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 
 from pyimgano.config import ConfigError, ModelConfig
+from pyimgano.models.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
 from pyimgano.models.backbones import BACKBONES, get_backbone_spec
+from pyimgano.models.padim import PADIM_PRESETS, build_padim
 from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore
 from pyimgano.runtime.images import InputContract
 
@@ -23,6 +25,8 @@ class ModelEntry:
     presets: dict[str, dict]
     default_preset: str
     build: Callable[[ModelConfig, InputContract, int, torch.device], object]
+    # Whether `fit` runs a training loop (takes epochs / lr); mirrors the detector class's `trains`.
+    trains: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -91,5 +95,27 @@ register_model(
         presets=PATCHCORE_PRESETS,
         default_preset="industrial-balanced",
         build=_build_patchcore,
+    )
+)
+
+register_model(
+    ModelEntry(
+        name="vision_padim",
+        description="PaDiM: per-position Gaussian of ImageNet features (random channel subset), Mahalanobis distance",
+        presets=PADIM_PRESETS,
+        default_preset="industrial-balanced",
+        build=build_padim,
+        trains=False,
+    )
+)
+
+register_model(
+    ModelEntry(
+        name="vision_autoencoder",
+        description="Convolutional autoencoder trained from scratch on normal images; reconstruction error",
+        presets=AUTOENCODER_PRESETS,
+        default_preset="industrial-balanced",
+        build=build_autoencoder,
+        trains=True,
     )
 )

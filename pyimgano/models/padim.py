@@ -1,0 +1,348 @@
+"""PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2020).
+
+Each position of a feature grid gets a multivariate Gaussian fitted on the normal training images;
+a patch's anomaly score is its Mahalanobis distance to the Gaussian of its position.
+
+Two pieces, as for PatchCore: `PadimGraph`, the whole scoring path as one exportable torch module
+(uint8 NHWC in, image scores and anomaly maps out, per-position means and inverse covariances inside),
+and `VisionPadim`, the detector with the workbench contract (`fit`, `predict_maps`, `graph`,
+`describe`, `state`, `load_state`).
+
+Features: the backbone layers (for mobilenet_v2 features.3 / .6 / .13: strides 4, 8, 16) are upsampled
+bilinearly to the first layer's grid and concatenated; a seeded random subset of `n_features` channels
+is kept (the paper's random dimensionality reduction, which bounds the [P, d, d] inverse covariance).
+Covariances are estimated in float64 (with 0.01 * I added, as in the paper), inverted once at fit
+time (through the Cholesky factor) and stored in float32. The Mahalanobis distance is a batched
+matmul, so it exports to ONNX with a dynamic batch. Maps are upsampled bilinearly to the input size
+and smoothed with a sigma-4 Gaussian; the image score is the maximum of the map.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyimgano.config import ConfigError, ModelConfig
+from pyimgano.models.backbones import BACKBONES, build_feature_extractor, get_backbone_spec
+from pyimgano.models.patchcore import MAP_SIGMA, NotFittedError, gaussian_kernel_1d
+from pyimgano.runtime.images import InputContract
+
+# Added to every covariance before inversion (the paper's regulariser).
+COVARIANCE_EPS = 0.01
+
+# The paper combines the first three stages of the network (ResNet layer1..layer3).
+PADIM_DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    # features.3 ends the stride-4 stage (24 ch), features.6 stride 8 (32 ch), features.13 stride 16 (96 ch).
+    "mobilenet_v2": ("features.3", "features.6", "features.13"),
+    "resnet18": ("layer1", "layer2", "layer3"),
+    "wide_resnet50_2": ("layer1", "layer2", "layer3"),
+}
+
+PADIM_PRESETS: dict[str, dict] = {
+    "industrial-fast": {"backbone": "mobilenet_v2", "n_features": 50},
+    "industrial-balanced": {"backbone": "mobilenet_v2", "n_features": 100},
+}
+
+
+def upsample_and_smooth(grid: torch.Tensor, input_hw: tuple[int, int], blur: torch.Tensor) -> torch.Tensor:
+    """[B, 1, h, w] -> [B, H, W]: bilinear upsampling (half-pixel centres) then a separable Gaussian,
+    mirrored borders. The same post-processing as PatchCoreGraph.anomaly_maps."""
+    maps = grid
+    if tuple(grid.shape[2:]) != tuple(input_hw):
+        maps = F.interpolate(grid, size=input_hw, mode="bilinear", align_corners=False)
+    radius = (blur.shape[0] - 1) // 2
+    maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
+    maps = F.conv2d(maps, blur.view(1, 1, -1, 1))
+    maps = F.conv2d(maps, blur.view(1, 1, 1, -1))
+    return maps[:, 0]
+
+
+@dataclass(frozen=True)
+class PadimParams:
+    backbone: str
+    layers: tuple[str, ...]
+    n_features: int
+    pretrained: bool
+    weights_path: str | None
+    input_hw: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int
+    batch_size: int
+
+
+def resolve_padim(model: ModelConfig, contract: InputContract, seed: int) -> PadimParams:
+    """Preset values fill only what the config leaves unset; explicit keys always win."""
+    preset_name = model.preset or "industrial-balanced"
+    if preset_name not in PADIM_PRESETS:
+        raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(PADIM_PRESETS)}")
+    preset = PADIM_PRESETS[preset_name]
+    backbone = model.backbone or preset["backbone"]
+    if backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
+    n_features = model.n_features if model.n_features is not None else preset["n_features"]
+    if int(n_features) < 1:
+        raise ConfigError(f"model.n_features: must be at least 1, got {n_features}")
+    layers = tuple(model.layers) if model.layers else PADIM_DEFAULT_LAYERS.get(backbone, get_backbone_spec(backbone).default_layers)
+    return PadimParams(
+        backbone=backbone,
+        layers=layers,
+        n_features=int(n_features),
+        pretrained=model.pretrained,
+        weights_path=model.weights_path,
+        input_hw=(contract.height, contract.width),
+        mean=contract.mean,
+        std=contract.std,
+        seed=seed,
+        batch_size=model.batch_size,
+    )
+
+
+class PadimEmbedder(nn.Module):
+    """uint8 NHWC images -> features (B, h*w, d): normalise, backbone, upsample to the first layer's grid,
+    concatenate, keep the random channel subset."""
+
+    def __init__(
+        self,
+        extractor: nn.Module,
+        layers: tuple[str, ...],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        channel_index: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.layers = layers
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("channel_index", channel_index.to(torch.long))
+
+    def all_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C_total, h, w): every channel of every layer, on the first layer's grid."""
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        x = (x - self.mean) / self.std
+        feature_maps = self.extractor(x)
+        first = feature_maps[self.layers[0]]
+        height, width = int(first.shape[2]), int(first.shape[3])
+        parts = []
+        for layer in self.layers:
+            fmap = feature_maps[layer]
+            if fmap.shape[2] != height or fmap.shape[3] != width:
+                fmap = F.interpolate(fmap, size=(height, width), mode="bilinear", align_corners=False)
+            parts.append(fmap)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        features = self.all_channels(images).index_select(1, self.channel_index)
+        height, width = int(features.shape[2]), int(features.shape[3])
+        features = features.permute(0, 2, 3, 1).reshape(features.shape[0], height * width, features.shape[1])
+        return features, height, width
+
+
+def mahalanobis(features: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Tensor) -> torch.Tensor:
+    """features [B, P, d], mean [P, d], inv_cov [P, d, d] -> distances [B, P] (sqrt of the quadratic form).
+
+    One batched matmul over positions: (x - mu)^T S^-1 (x - mu) for every position at once.
+    """
+    delta = (features - mean.unsqueeze(0)).transpose(0, 1)  # [P, B, d]
+    quad = (torch.bmm(delta, inv_cov) * delta).sum(dim=2)  # [P, B]
+    return quad.clamp_min(0.0).sqrt().transpose(0, 1)
+
+
+class PadimGraph(nn.Module):
+    """The whole scoring path. forward(uint8 [B,H,W,3]) -> (scores [B], maps [B,H,W]), Mahalanobis units."""
+
+    def __init__(self, embedder: PadimEmbedder, mean: torch.Tensor, inv_cov: torch.Tensor, input_hw: tuple[int, int]):
+        super().__init__()
+        self.embedder = embedder
+        self.register_buffer("gauss_mean", mean)
+        self.register_buffer("inv_cov", inv_cov)
+        self.input_hw = input_hw
+        self.register_buffer("blur", gaussian_kernel_1d(MAP_SIGMA))
+
+    def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(distances [B, h*w], h, w) before upsampling and smoothing."""
+        features, height, width = self.embedder(images)
+        return mahalanobis(features, self.gauss_mean, self.inv_cov), height, width
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, height, width = self.patch_scores(images)
+        maps = upsample_and_smooth(distances.reshape(-1, 1, height, width), self.input_hw, self.blur)
+        scores = maps.reshape(maps.shape[0], -1).max(dim=1).values
+        return scores, maps
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Runs the batched inversion single-threaded on the CPU.
+
+    A batch of small (d x d, d <= a few hundred) factorisations gains nothing from intra-op threads, and
+    opening a thread team per matrix stalls badly when the cores are shared: 1024 inversions of 100 x 100
+    measured 5-33 s with 2 threads on 2 busy cores, 0.13 s with one.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class VisionPadim:
+    """PaDiM detector. Scores: higher = more anomalous, in raw Mahalanobis-distance units."""
+
+    # PaDiM estimates Gaussians; it has no training loop (fit ignores epochs and lr).
+    trains = False
+
+    def __init__(self, params: PadimParams, device: torch.device):
+        self.params = params
+        self.device = device
+        spec = get_backbone_spec(params.backbone)
+        extractor, self.weights_sha256 = build_feature_extractor(
+            spec, params.layers, params.pretrained, params.weights_path, params.seed
+        )
+        self.total_channels, self.grid_hw = self._probe(extractor)
+        self.feature_dim = min(params.n_features, self.total_channels)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        channel_index = torch.randperm(self.total_channels, generator=generator)[: self.feature_dim].sort().values
+        self.embedder = PadimEmbedder(extractor, params.layers, params.mean, params.std, channel_index).to(device)
+
+    @property
+    def positions(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+    def _probe(self, extractor: nn.Module) -> tuple[int, tuple[int, int]]:
+        """Total channels over the layers, and the first layer's grid for the contract's input size."""
+        with torch.no_grad():
+            probe = extractor(torch.zeros(1, 3, *self.params.input_hw))
+        first = probe[self.params.layers[0]]
+        channels = sum(int(probe[layer].shape[1]) for layer in self.params.layers)
+        return channels, (int(first.shape[2]), int(first.shape[3]))
+
+    def _batches(self, images: np.ndarray):
+        for start in range(0, len(images), self.params.batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        """Features of uint8 [N,H,W,3] images as one [N, P, d] float32 tensor on the device (P = h*w)."""
+        return torch.cat([self.embedder(batch)[0] for batch in self._batches(images)])
+
+    @torch.no_grad()
+    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPadim":
+        """Per-position mean and covariance over the images; `epochs` and `lr` are ignored (nothing trains).
+
+        Sums are accumulated batch by batch in float64, so memory is [P, d, d] whatever the image count.
+        """
+        if len(images) < 1:
+            raise ValueError("PaDiM needs at least one training image")
+        dim = self.feature_dim
+        sum_x = torch.zeros(self.positions, dim, dtype=torch.float64, device=self.device)
+        sum_xx = torch.zeros(self.positions, dim, dim, dtype=torch.float64, device=self.device)
+        count = 0
+        for batch in self._batches(images):
+            features = self.embedder(batch)[0].double().transpose(0, 1)  # [P, B, d]
+            sum_x += features.sum(dim=1)
+            sum_xx += features.transpose(1, 2) @ features
+            count += int(features.shape[1])
+        mean = sum_x / count
+        cov = (sum_xx - count * mean.unsqueeze(2) * mean.unsqueeze(1)) / max(count - 1, 1)
+        cov += COVARIANCE_EPS * torch.eye(dim, dtype=torch.float64, device=self.device)
+        # The regularised covariance is symmetric positive definite: invert through its Cholesky factor.
+        with _one_cpu_thread(cov.device):
+            inv_cov = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        inv_cov = 0.5 * (inv_cov + inv_cov.transpose(1, 2))  # exactly symmetric
+        self.mean_ = mean.to(torch.float32).contiguous()
+        self.inv_cov_ = inv_cov.to(torch.float32).contiguous()
+        self.images_seen_ = count
+        return self
+
+    def graph(self) -> PadimGraph:
+        if not hasattr(self, "mean_"):
+            raise NotFittedError("VisionPadim is not fitted: call fit() or load a checkpoint first")
+        return PadimGraph(self.embedder, self.mean_, self.inv_cov_, self.params.input_hw).to(self.device).eval()
+
+    @torch.no_grad()
+    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [N], maps [N,H,W]) as float32 numpy arrays."""
+        graph = self.graph()
+        scores, maps = [], []
+        for batch in self._batches(images):
+            batch_scores, batch_maps = graph(batch)
+            scores.append(batch_scores.cpu().numpy())
+            maps.append(batch_maps.cpu().numpy())
+        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {
+            "backbone": self.params.backbone,
+            "layers": list(self.params.layers),
+            "n_features": self.feature_dim,
+            "total_channels": self.total_channels,
+            "grid": list(self.grid_hw),
+            "covariance_eps": COVARIANCE_EPS,
+            "score_units": "Mahalanobis distance; image score = maximum of the smoothed map",
+            "input_hw": list(self.params.input_hw),
+            "images_seen": getattr(self, "images_seen_", None),
+            "pretrained": self.params.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "seed": self.params.seed,
+            "trained": False,
+        }
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        if not hasattr(self, "mean_"):
+            raise NotFittedError("VisionPadim is not fitted: nothing to save")
+        arrays = {
+            "mean": self.mean_.cpu().numpy(),
+            "inv_cov": self.inv_cov_.cpu().numpy(),
+            "channel_index": self.embedder.channel_index.cpu().numpy().astype(np.int64),
+        }
+        return arrays, {"model": "vision_padim", **self.describe()}
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "VisionPadim":
+        if meta.get("model", "vision_padim") != "vision_padim":
+            raise ValueError(f"checkpoint holds model {meta.get('model')!r}, not vision_padim")
+        if meta.get("weights_sha256") != self.weights_sha256:
+            raise ValueError(
+                f"checkpoint was fitted on backbone weights sha256 {meta.get('weights_sha256')}, "
+                f"but the weights found now have {self.weights_sha256}"
+            )
+        if not self.params.pretrained and meta.get("seed") != self.params.seed:
+            raise ValueError(
+                f"checkpoint was fitted on random backbone weights drawn with seed {meta.get('seed')}, "
+                f"this model's are drawn with seed {self.params.seed}"
+            )
+        missing = {"mean", "inv_cov", "channel_index"} - set(arrays)
+        if missing:
+            raise ValueError(f"checkpoint lacks array(s) {sorted(missing)}")
+        mean, inv_cov, index = arrays["mean"], arrays["inv_cov"], arrays["channel_index"]
+        positions, dim = self.positions, self.feature_dim
+        if mean.shape != (positions, dim) or inv_cov.shape != (positions, dim, dim):
+            raise ValueError(
+                f"checkpoint Gaussians mean {mean.shape} / inv_cov {inv_cov.shape} do not fit this model's "
+                f"{positions} positions ({self.grid_hw[0]}x{self.grid_hw[1]}) x {dim} features"
+            )
+        if index.shape != (dim,) or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(f"checkpoint channel_index {index.shape} {index.dtype} does not fit {dim} features")
+        if index.min() < 0 or index.max() >= self.total_channels or len(np.unique(index)) != dim:
+            raise ValueError(f"checkpoint channel_index is not {dim} distinct channels of {self.total_channels}")
+        # The checkpoint's channel subset defines the fitted Gaussians, so it replaces the seeded one.
+        self.embedder.channel_index = torch.from_numpy(index.astype(np.int64)).to(self.device)
+        self.mean_ = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32)).to(self.device)
+        self.inv_cov_ = torch.from_numpy(np.ascontiguousarray(inv_cov, dtype=np.float32)).to(self.device)
+        self.images_seen_ = meta.get("images_seen")
+        return self
+
+
+def build_padim(model: ModelConfig, contract: InputContract, seed: int, device: torch.device) -> VisionPadim:
+    return VisionPadim(resolve_padim(model, contract, seed), device)
