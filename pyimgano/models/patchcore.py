@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
+from pyimgano.progress import Progress, track
 
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096
@@ -194,6 +195,8 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
     first = int(torch.randint(total, (1,), generator=generator))
     selected = [first]
     min_d2 = _sq_dist_to(reduced, reduced_sq, reduced[first : first + 1])[:, 0].clamp_min(0.0)
+    progress = Progress("coreset", target)
+    progress.update()
     while len(selected) < target:
         take = min(per_round, target - len(selected))
         pool = torch.topk(min_d2, min(total, take * CORESET_POOL_FACTOR)).indices
@@ -209,6 +212,7 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
             np.minimum(pool_d2, pool_pairwise[best], out=pool_d2)
         chosen_rows = pool[torch.tensor(chosen, device=pool.device)]
         selected.extend(int(row) for row in chosen_rows)
+        progress.update(len(chosen))
         centres = reduced[chosen_rows]
         # Row chunks keep the [rows, centres] block cache-sized instead of one pass over a huge matrix.
         for start in range(0, total, CORESET_UPDATE_ROWS):
@@ -268,7 +272,8 @@ class VisionPatchCore:
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """Patch features of uint8 [N,H,W,3] images, as one [N*h*w, D] tensor on the device."""
-        parts = [self.embedder(batch)[0].reshape(-1, self.feature_dim) for batch in self._batches(images)]
+        batches = track(self._batches(images), "features", -(-len(images) // self.params.batch_size))
+        parts = [self.embedder(batch)[0].reshape(-1, self.feature_dim) for batch in batches]
         return torch.cat(parts)
 
     def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPatchCore":

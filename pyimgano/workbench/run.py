@@ -135,7 +135,7 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     fit_seconds = time.perf_counter() - started
 
     postprocess = config.adaptation.postprocess
-    holdout_scores, holdout_maps = scoring.predict(read_images(parts.holdout))
+    holdout_scores, holdout_maps = scoring.predict(read_images(parts.holdout), "calibration")
     stats = calibrate_normalization(holdout_maps, postprocess) if postprocess else None
     if postprocess:
         holdout_maps = [apply_postprocess(m, postprocess, stats) for m in holdout_maps]
@@ -148,7 +148,7 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     del holdout_maps
 
     started = time.perf_counter()
-    scores, maps = scoring.predict(read_images(parts.test))
+    scores, maps = scoring.predict(read_images(parts.test), "evaluation")
     if postprocess:
         maps = [apply_postprocess(m, postprocess, stats) for m in maps]
     eval_seconds = time.perf_counter() - started

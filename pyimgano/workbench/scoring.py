@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pyimgano.progress import track
 from pyimgano.runtime.images import InputContract
 from pyimgano.runtime.scoring import model_inputs, score_images
 from pyimgano.runtime.tiling import TilingConfig
@@ -27,5 +28,15 @@ class ImageScoring:
             return {"enabled": True, "applied": False, "reason": f"{type(self.detector).__name__} does not train"}
         return {"enabled": False, "applied": False}
 
-    def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return score_images(self.detector.predict_maps, images, self.contract, self.tiling, self.batch_size)
+    def predict(self, images: list[np.ndarray], label: str = "scoring") -> tuple[np.ndarray, list[np.ndarray]]:
+        """Scores in chunks of `batch_size` images, so a terminal shows progress."""
+        scores, maps = [], []
+        chunks = range(0, len(images), self.batch_size)
+        for start in track(chunks, label, len(chunks)):
+            chunk_scores, chunk_maps = score_images(
+                self.detector.predict_maps, images[start : start + self.batch_size], self.contract, self.tiling,
+                self.batch_size,
+            )
+            scores.append(chunk_scores)
+            maps.extend(chunk_maps)
+        return np.concatenate(scores), maps
