@@ -105,7 +105,7 @@ class WorkbenchConfig:
 # mvtec: <root>/<category>/{train,test,ground_truth}; custom: <root>/{train/normal,test/normal,test/anomaly};
 # manifest: `root` is a JSONL file of image_path/category/split/label/mask_path/group_id rows.
 DATASET_NAMES = ("mvtec", "custom", "manifest")
-# paths: images are read from disk as each stage needs them; numpy: the same images, decoded once up front.
+# paths: images are decoded chunk by chunk as they are scored (bounded memory); numpy: all decoded once up front.
 INPUT_MODES = ("paths", "numpy")
 DEVICES = ("auto", "cpu", "cuda")
 

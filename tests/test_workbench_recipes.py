@@ -287,3 +287,20 @@ def test_padim_exports_and_infers(tmp_path):
     found = records(tmp_path / "r.jsonl")
     labels = [0 if p.parent.name == "good" else 1 for p in found]
     assert roc_auc(np.array(labels), np.array([r["score"] for r in found.values()])) >= 0.95
+
+
+def test_limits_seed_and_input_modes_give_identical_scores(tmp_path):
+    """Same config, same scores; `numpy` (decode up front) and `paths` (decode per chunk) agree exactly."""
+    require_data(CATEGORY)
+    scores = {}
+    for name, mode in (("a", "paths"), ("b", "paths"), ("c", "numpy")):
+        folder = tmp_path / name
+        folder.mkdir()
+        train("--config", write_config(folder, seed=7, dataset={
+            "name": "mvtec", "root": str(DATA_ROOT), "category": CATEGORY, "resize": [64, 64],
+            "limit_train": 20, "limit_test": 30, "input_mode": mode}))
+        report = json.loads((folder / "run" / "categories" / CATEGORY / "report.json").read_text())
+        assert report["counts"] == {"fit": 16, "holdout": 4, "test": 30}
+        per_image = (folder / "run" / "categories" / CATEGORY / "per_image.jsonl").read_text().splitlines()
+        scores[name] = [(r["path"], r["score"]) for r in map(json.loads, per_image)]
+    assert scores["a"] == scores["b"] == scores["c"]

@@ -7,6 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,6 +77,14 @@ def read_images(samples: list[Sample]) -> list[np.ndarray]:
     return images
 
 
+def image_loader(samples: list[Sample], input_mode: str) -> Callable[[slice], list[np.ndarray]]:
+    """`numpy`: decode every image once, up front; `paths`: decode each chunk when it is scored."""
+    if input_mode == "numpy":
+        decoded = read_images(samples)
+        return lambda part: decoded[part]
+    return lambda part: read_images(samples[part])
+
+
 def read_masks(samples: list[Sample], maps: list[np.ndarray]) -> list[np.ndarray]:
     """Ground truth at each map's own size; good images (and defect images without a mask) all-normal."""
     masks = []
@@ -135,7 +144,8 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     fit_seconds = time.perf_counter() - started
 
     postprocess = config.adaptation.postprocess
-    holdout_scores, holdout_maps = scoring.predict(read_images(parts.holdout), "calibration")
+    mode = config.dataset.input_mode
+    holdout_scores, holdout_maps = scoring.predict(image_loader(parts.holdout, mode), len(parts.holdout), "calibration")
     stats = calibrate_normalization(holdout_maps, postprocess) if postprocess else None
     if postprocess:
         holdout_maps = [apply_postprocess(m, postprocess, stats) for m in holdout_maps]
@@ -148,7 +158,7 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     del holdout_maps
 
     started = time.perf_counter()
-    scores, maps = scoring.predict(read_images(parts.test), "evaluation")
+    scores, maps = scoring.predict(image_loader(parts.test, mode), len(parts.test), "evaluation")
     if postprocess:
         maps = [apply_postprocess(m, postprocess, stats) for m in maps]
     eval_seconds = time.perf_counter() - started

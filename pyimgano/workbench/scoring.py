@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from pyimgano.progress import track
@@ -28,13 +30,16 @@ class ImageScoring:
             return {"enabled": True, "applied": False, "reason": f"{type(self.detector).__name__} does not train"}
         return {"enabled": False, "applied": False}
 
-    def predict(self, images: list[np.ndarray], label: str = "scoring") -> tuple[np.ndarray, list[np.ndarray]]:
-        """Scores in chunks of `batch_size` images, so a terminal shows progress."""
+    def predict(
+        self, load: Callable[[slice], list[np.ndarray]], count: int, label: str = "scoring"
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Scores `count` images, asking `load` for them in chunks of `batch_size` (so `paths` mode keeps
+        only one chunk of decoded images in memory, and a terminal shows progress)."""
         scores, maps = [], []
-        chunks = range(0, len(images), self.batch_size)
+        chunks = range(0, count, self.batch_size)
         for start in track(chunks, label, len(chunks)):
             chunk_scores, chunk_maps = score_images(
-                self.detector.predict_maps, images[start : start + self.batch_size], self.contract, self.tiling,
+                self.detector.predict_maps, load(slice(start, start + self.batch_size)), self.contract, self.tiling,
                 self.batch_size,
             )
             scores.append(chunk_scores)
