@@ -36,7 +36,8 @@ from pyimgano.models.padim import (  # noqa: E402
     VisionPadim,
     resolve_padim,
 )
-from pyimgano.models.patchcore import MAP_SIGMA, NotFittedError  # noqa: E402
+from pyimgano.models.base import NotFittedError  # noqa: E402
+from pyimgano.models.patchcore import MAP_SIGMA  # noqa: E402
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
 

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
+from pyimgano.models.base import GraphDetector, NotFittedError
 from pyimgano.models.padim import upsample_and_smooth
-from pyimgano.models.patchcore import MAP_SIGMA, NotFittedError, gaussian_kernel_1d
+from pyimgano.models.patchcore import MAP_SIGMA, gaussian_kernel_1d
 from pyimgano.runtime.images import InputContract
 
 DEFAULT_EPOCHS = 5
@@ -153,7 +154,7 @@ class AutoencoderGraph(nn.Module):
         return top.mean(dim=1), maps
 
 
-class VisionAutoencoder:
+class VisionAutoencoder(GraphDetector):
     """Convolutional autoencoder detector. Scores: higher = more anomalous (reconstruction error)."""
 
     trains = True
@@ -169,10 +170,6 @@ class VisionAutoencoder:
             torch.manual_seed(self.params.seed)
             network = ConvAutoencoder(self.params.channels)
         return network.to(self.device)
-
-    def _batches(self, images: np.ndarray):
-        for start in range(0, len(images), self.params.batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
 
     @property
     def parameter_count(self) -> int:
@@ -246,17 +243,6 @@ class VisionAutoencoder:
             raise NotFittedError("VisionAutoencoder is not fitted: call fit() or load a checkpoint first")
         self.network.eval()
         return AutoencoderGraph(self.network, self.params.input_hw).to(self.device).eval()
-
-    @torch.no_grad()
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [N], maps [N,H,W]) as float32 numpy arrays."""
-        graph = self.graph()
-        scores, maps = [], []
-        for batch in self._batches(images):
-            batch_scores, batch_maps = graph(batch)
-            scores.append(batch_scores.cpu().numpy())
-            maps.append(batch_maps.cpu().numpy())
-        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
 
     def describe(self) -> dict:
         fitted = self._fitted()

@@ -120,3 +120,17 @@ def build_feature_extractor(
         raise ValueError(f"backbone {spec.name} has no layer(s) {missing}; its defaults are {list(spec.default_layers)}")
     extractor = create_feature_extractor(network, return_nodes={layer: layer for layer in layers})
     return extractor.eval(), digest
+
+
+def preset_and_backbone(model, presets: dict[str, dict]) -> tuple[dict, str]:
+    """The model config's preset (default industrial-balanced) and its backbone, the config's own winning."""
+    from pyimgano.config import ConfigError
+
+    preset_name = model.preset or "industrial-balanced"
+    if preset_name not in presets:
+        raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(presets)}")
+    preset = presets[preset_name]
+    backbone = model.backbone or preset["backbone"]
+    if backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
+    return preset, backbone

@@ -29,8 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
-from pyimgano.models.backbones import BACKBONES, build_feature_extractor, get_backbone_spec
-from pyimgano.models.patchcore import MAP_SIGMA, NotFittedError, gaussian_kernel_1d
+from pyimgano.models.backbones import (
+    build_feature_extractor,
+    get_backbone_spec,
+    preset_and_backbone,
+)
+from pyimgano.models.base import GraphDetector, NotFittedError
+from pyimgano.models.patchcore import MAP_SIGMA, gaussian_kernel_1d
 from pyimgano.runtime.images import InputContract
 
 # Added to every covariance before inversion (the paper's regulariser).
@@ -79,13 +84,7 @@ class PadimParams:
 
 def resolve_padim(model: ModelConfig, contract: InputContract, seed: int) -> PadimParams:
     """Preset values fill only what the config leaves unset; explicit keys always win."""
-    preset_name = model.preset or "industrial-balanced"
-    if preset_name not in PADIM_PRESETS:
-        raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(PADIM_PRESETS)}")
-    preset = PADIM_PRESETS[preset_name]
-    backbone = model.backbone or preset["backbone"]
-    if backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
+    preset, backbone = preset_and_backbone(model, PADIM_PRESETS)
     n_features = model.n_features if model.n_features is not None else preset["n_features"]
     if int(n_features) < 1:
         raise ConfigError(f"model.n_features: must be at least 1, got {n_features}")
@@ -197,7 +196,7 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-class VisionPadim:
+class VisionPadim(GraphDetector):
     """PaDiM detector. Scores: higher = more anomalous, in raw Mahalanobis-distance units."""
 
     # PaDiM estimates Gaussians; it has no training loop (fit ignores epochs and lr).
@@ -227,10 +226,6 @@ class VisionPadim:
         first = probe[self.params.layers[0]]
         channels = sum(int(probe[layer].shape[1]) for layer in self.params.layers)
         return channels, (int(first.shape[2]), int(first.shape[3]))
-
-    def _batches(self, images: np.ndarray):
-        for start in range(0, len(images), self.params.batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
@@ -270,17 +265,6 @@ class VisionPadim:
         if not hasattr(self, "mean_"):
             raise NotFittedError("VisionPadim is not fitted: call fit() or load a checkpoint first")
         return PadimGraph(self.embedder, self.mean_, self.inv_cov_, self.params.input_hw).to(self.device).eval()
-
-    @torch.no_grad()
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [N], maps [N,H,W]) as float32 numpy arrays."""
-        graph = self.graph()
-        scores, maps = [], []
-        for batch in self._batches(images):
-            batch_scores, batch_maps = graph(batch)
-            scores.append(batch_scores.cpu().numpy())
-            maps.append(batch_maps.cpu().numpy())
-        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
 
     def describe(self) -> dict:
         return {

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
+from pyimgano.models.base import GraphDetector, NotFittedError
 from pyimgano.progress import Progress, track
 
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
@@ -238,11 +239,7 @@ class PatchCoreParams:
     batch_size: int
 
 
-class NotFittedError(RuntimeError):
-    pass
-
-
-class VisionPatchCore:
+class VisionPatchCore(GraphDetector):
     """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
 
     # The memory bank is collected, not trained: `fit` takes no epochs or learning rate.
@@ -265,10 +262,6 @@ class VisionPatchCore:
             probe = extractor(torch.zeros(1, 3, 64, 64))
         return sum(int(probe[layer].shape[1]) for layer in self.params.layers)
 
-    def _batches(self, images: np.ndarray):
-        for start in range(0, len(images), self.params.batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
-
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """Patch features of uint8 [N,H,W,3] images, as one [N*h*w, D] tensor on the device."""
@@ -288,17 +281,6 @@ class VisionPatchCore:
             raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
         graph = PatchCoreGraph(self.embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw)
         return graph.to(self.device).eval()
-
-    @torch.no_grad()
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [N], maps [N,H,W]) as float32 numpy arrays."""
-        graph = self.graph()
-        scores, maps = [], []
-        for batch in self._batches(images):
-            batch_scores, batch_maps = graph(batch)
-            scores.append(batch_scores.cpu().numpy())
-            maps.append(batch_maps.cpu().numpy())
-        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
 
     def describe(self) -> dict:
         return {

@@ -12,7 +12,7 @@ import torch
 
 from pyimgano.config import ConfigError, ModelConfig
 from pyimgano.models.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
-from pyimgano.models.backbones import BACKBONES, get_backbone_spec
+from pyimgano.models.backbones import get_backbone_spec, preset_and_backbone
 from pyimgano.models.padim import PADIM_PRESETS, build_padim
 from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore
 from pyimgano.runtime.images import InputContract
@@ -60,13 +60,7 @@ PATCHCORE_PRESETS: dict[str, dict] = {
 
 def resolve_patchcore(model: ModelConfig, contract: InputContract, seed: int) -> PatchCoreParams:
     """Preset values fill only what the config leaves unset; explicit keys always win."""
-    preset_name = model.preset or "industrial-balanced"
-    if preset_name not in PATCHCORE_PRESETS:
-        raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(PATCHCORE_PRESETS)}")
-    preset = PATCHCORE_PRESETS[preset_name]
-    backbone = model.backbone or preset["backbone"]
-    if backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
+    preset, backbone = preset_and_backbone(model, PATCHCORE_PRESETS)
     spec = get_backbone_spec(backbone)
     return PatchCoreParams(
         backbone=backbone,
