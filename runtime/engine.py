@@ -75,6 +75,10 @@ class Engine:
         return self.bundle.pixel_threshold.value
 
     @property
+    def normal_pixel_quantiles(self) -> dict | None:
+        return self.bundle.manifest["thresholds"].get("normal_pixel_quantiles")
+
+    @property
     def defects_defaults(self) -> dict:
         return self.bundle.manifest["defects"]
 

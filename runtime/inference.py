@@ -1,4 +1,4 @@
-"""Scoring a list of image files through an Engine: one JSONL record per input, in input order.
+"""Scoring a list of image files through a scoring source: one JSONL record per input, in input order.
 
 A file that cannot be read gets an error record and no score; the others are still processed.
 """
@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Protocol
 import cv2
 import numpy as np
 
-from pyimgano.runtime.defects import DefectsConfig, extract_regions
+from pyimgano.runtime.defects import DefectsConfig, extract_regions, threshold_from_normal_quantiles
 from pyimgano.runtime.images import ImageReadError, InputContract, read_rgb
 from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig, apply_postprocess
 from pyimgano.runtime.tiling import TilingConfig
@@ -25,6 +25,10 @@ class InferOptions:
     batch_size: int = 8
     defects: DefectsConfig | None = None  # None = no defect extraction
     save_masks: Path | None = None
+    save_overlays: Path | None = None
+    # Stop reading new inputs once this many have failed (their records are still written); None = never.
+    max_errors: int | None = None
+    tiling: TilingConfig | None = None  # overrides the source's tiling (e.g. --tile-size on any bundle)
 
 
 class ScoringSource(Protocol):
@@ -39,6 +43,8 @@ class ScoringSource(Protocol):
     normalization: NormalizationStats | None
     image_threshold: float
     pixel_threshold: float
+    # {"q": [...], "values": [...]}: normal-pixel quantiles measured at training, or None.
+    normal_pixel_quantiles: dict | None
     defects_defaults: dict
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -50,7 +56,10 @@ def resolve_pixel_threshold(source: ScoringSource, config: DefectsConfig) -> flo
         return float(config.pixel_threshold)
     if config.pixel_threshold_strategy == "calibrated":
         return source.pixel_threshold
-    raise ValueError(f"pixel_threshold_strategy {config.pixel_threshold_strategy!r} is not supported here")
+    if source.normal_pixel_quantiles is None:
+        raise ValueError("pixel_threshold_strategy normal_pixel_quantile needs the normal-pixel quantiles that "
+                         "newer exports store; re-export the bundle")
+    return threshold_from_normal_quantiles(source.normal_pixel_quantiles, config.pixel_normal_quantile)
 
 
 @dataclass
@@ -59,6 +68,7 @@ class Summary:
     errors: int = 0
     anomalous: int = 0
     seconds: float = 0.0
+    stopped_early: bool = False
     stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "preprocess": 0.0, "graph": 0.0, "defects": 0.0})
 
     def to_json(self) -> dict:
@@ -67,6 +77,7 @@ class Summary:
             "images": self.images,
             "errors": self.errors,
             "anomalous": self.anomalous,
+            "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 4),
             "images_per_second": round(scored / self.seconds, 3) if self.seconds > 0 else None,
             "stage_ms_per_image": {
@@ -91,20 +102,21 @@ def map_stats(anomaly_map: np.ndarray) -> dict:
 
 
 class MaskWriter:
-    """Writes `<stem>_mask.png` (0/255) or `<stem>_mask.npy` (bool) into a folder, never overwriting
-    another input's mask of the same stem."""
+    """Writes `<stem>_<suffix>.png` (as given) or `<stem>_<suffix>.npy` (bool) into a folder, never
+    overwriting another input's file of the same stem."""
 
-    def __init__(self, folder: Path, mask_format: str = "png"):
+    def __init__(self, folder: Path, mask_format: str = "png", suffix: str = "mask"):
         self.folder = folder
         self.mask_format = mask_format
+        self.suffix = suffix
         folder.mkdir(parents=True, exist_ok=True)
         self.used: set[str] = set()
 
     def write(self, source: Path, mask: np.ndarray) -> Path:
-        name = f"{source.stem}_mask.{self.mask_format}"
+        name = f"{source.stem}_{self.suffix}.{self.mask_format}"
         counter = 1
         while name in self.used:
-            name = f"{source.stem}_{counter}_mask.{self.mask_format}"
+            name = f"{source.stem}_{counter}_{self.suffix}.{self.mask_format}"
             counter += 1
         self.used.add(name)
         path = self.folder / name
@@ -115,19 +127,38 @@ class MaskWriter:
         return path
 
 
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, regions: list[dict]) -> np.ndarray:
+    """BGR picture for people: the map as a heat map blended on the image (full red at 1.5x the pixel
+    threshold, so the colour scale means the same on every image), region boxes drawn in green."""
+    height, width = image.shape[:2]
+    heat = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    scaled = np.clip(heat / (1.5 * pixel_threshold) if pixel_threshold > 0 else heat, 0.0, 1.0)
+    colours = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    picture = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.55, colours, 0.45, 0.0)
+    for region in regions:
+        x0, y0, x1, y1 = region["bbox_xyxy"]
+        cv2.rectangle(picture, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 1)
+    return picture
+
+
 def run_inference(
     source: ScoringSource, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
 ) -> Summary:
     image_threshold = source.image_threshold
     defects = options.defects
-    pixel_threshold = resolve_pixel_threshold(source, defects) if defects else None
+    tiling = options.tiling or source.tiling
+    pixel_threshold = resolve_pixel_threshold(source, defects) if defects else source.pixel_threshold
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
+    overlays = MaskWriter(options.save_overlays, "png", suffix="overlay") if options.save_overlays else None
     summary = Summary(images=len(paths))
     started = time.perf_counter()
     for chunk in _chunks(paths, options.batch_size):
         records: list[dict] = []
         images, slots = [], []
         for path in chunk:
+            if options.max_errors is not None and summary.errors >= options.max_errors:
+                summary.stopped_early = True
+                break
             t0 = time.perf_counter()
             try:
                 image = read_rgb(path)
@@ -140,7 +171,7 @@ def run_inference(
             slots.append(len(records))
             records.append({"input": str(path)})
         if images:
-            scores, maps = score_images(source.run, images, source.contract, source.tiling, options.batch_size,
+            scores, maps = score_images(source.run, images, source.contract, tiling, options.batch_size,
                                         summary.stage_seconds)
             t0 = time.perf_counter()
             if source.postprocess:
@@ -158,16 +189,21 @@ def run_inference(
                     image_size=[int(height), int(width)],
                     map=map_stats(anomaly_map),
                 )
+                regions: list[dict] = []
+                t0 = time.perf_counter()
                 if defects:
-                    t0 = time.perf_counter()
                     mask, regions = extract_regions(anomaly_map, (height, width), pixel_threshold, defects)
                     record["defects"] = {
                         "pixel_threshold": pixel_threshold,
                         "regions": regions,
                         "mask_path": str(masks.write(Path(record["input"]), mask)) if masks else None,
                     }
-                    summary.stage_seconds["defects"] += time.perf_counter() - t0
+                if overlays:
+                    record["overlay_path"] = str(overlays.write(Path(record["input"]), overlay(image, anomaly_map, pixel_threshold, regions)))
+                summary.stage_seconds["defects"] += time.perf_counter() - t0
         for record in records:
             emit(record)
+        if summary.stopped_early:
+            break
     summary.seconds = time.perf_counter() - started
     return summary

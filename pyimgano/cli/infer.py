@@ -10,22 +10,74 @@ from pathlib import Path
 import click
 
 from pyimgano.runtime.bundle import BundleError, open_bundle
-from pyimgano.runtime.defects import DefectsConfig
+from pyimgano.runtime.defects import MASK_FORMATS, REGION_SORT_KEYS, THRESHOLD_STRATEGIES, DefectsConfig
 from pyimgano.runtime.engine import DEVICES, Engine, EngineError
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
+from pyimgano.runtime.tiling import MAP_REDUCE, TilingConfig
 
 
-def defects_from_flags(defaults: dict, pixel_threshold: float | None, min_area: int | None) -> DefectsConfig:
-    """The bundle's defects block as defaults; each explicit flag overrides its key."""
+# Flags that override one key of the defects block: (flag, DefectsConfig field, click type, help).
+DEFECT_FLAGS = (
+    ("--pixel-threshold", "pixel_threshold", float, "A fixed pixel threshold in map units (implies strategy fixed)."),
+    ("--pixel-threshold-strategy", "pixel_threshold_strategy", click.Choice(THRESHOLD_STRATEGIES),
+     "calibrated (the run's), fixed (--pixel-threshold), normal_pixel_quantile (--pixel-normal-quantile of the "
+     "normal-pixel table stored in the bundle)."),
+    ("--pixel-normal-quantile", "pixel_normal_quantile", float, "Quantile for strategy normal_pixel_quantile."),
+    ("--mask-format", "mask_format", click.Choice(MASK_FORMATS), "Masks as PNG (0/255) or .npy (bool)."),
+    ("--roi-xyxy-norm", "roi_xyxy_norm", click.Tuple([float, float, float, float]),
+     "Region of interest X0 Y0 X1 Y1 as fractions of width/height; no defect outside it."),
+    ("--defect-border-ignore-px", "border_ignore_px", click.IntRange(min=0), "Ignore this many pixels at each edge."),
+    ("--defect-smooth", "smooth", click.Choice(["none", "gaussian", "median"]), "Smooth the map before thresholding."),
+    ("--defect-smooth-ksize", "smooth_ksize", click.IntRange(min=0), "Kernel size for --defect-smooth (odd)."),
+    ("--defect-hysteresis-low", "hysteresis_low", float,
+     "Keep pixels above this low threshold when connected to a pixel above the pixel threshold."),
+    ("--defect-open-ksize", "open_ksize", click.IntRange(min=0), "Morphological opening of the mask (0 = off)."),
+    ("--defect-close-ksize", "close_ksize", click.IntRange(min=0), "Morphological closing of the mask (0 = off)."),
+    ("--defect-fill-holes/--no-defect-fill-holes", "fill_holes", None, "Fill holes inside regions."),
+    ("--defect-merge-gap-px", "merge_gap_px", click.IntRange(min=0), "Report regions closer than this as one."),
+    ("--defect-min-area", "min_area", click.IntRange(min=0), "Drop regions smaller than this (original pixels)."),
+    ("--defect-min-score-max", "min_score_max", float, "Drop regions whose peak is below this."),
+    ("--defect-min-score-mean", "min_score_mean", float, "Drop regions whose mean is below this."),
+    ("--defect-min-fill-ratio", "min_fill_ratio", float, "Drop regions filling less of their box than this."),
+    ("--defect-max-aspect-ratio", "max_aspect_ratio", float, "Drop regions whose box is longer than this ratio."),
+    ("--defect-min-solidity", "min_solidity", float, "Drop regions with area / convex hull area below this."),
+    ("--defect-max-regions", "max_regions", click.IntRange(min=1), "Keep at most this many regions per image."),
+    ("--defect-region-sort", "region_sort", click.Choice(REGION_SORT_KEYS), "Sort key for --defect-max-regions."),
+)
+
+
+def defect_options(command):
+    for flag, field, kind, help_text in reversed(DEFECT_FLAGS):
+        help_text = help_text[0].lower() + help_text[1:]
+        if kind is None:
+            command = click.option(flag, field, default=None, help=f"With --defects: {help_text}")(command)
+        else:
+            command = click.option(flag, field, type=kind, default=None, help=f"With --defects: {help_text}")(command)
+    return command
+
+
+def defects_from_flags(defaults: dict, flags: dict) -> DefectsConfig:
+    """The defects block (bundle's, run's or --infer-config's) as defaults; each explicit flag overrides its key."""
     config = DefectsConfig.from_json(defaults)
-    overrides = {}
-    if pixel_threshold is not None:
-        overrides.update(pixel_threshold=pixel_threshold, pixel_threshold_strategy="fixed")
-    if min_area is not None:
-        overrides["min_area"] = min_area
+    overrides = {field: value for field, value in flags.items() if value is not None}
+    if "pixel_threshold" in overrides and "pixel_threshold_strategy" not in overrides:
+        overrides["pixel_threshold_strategy"] = "fixed"
     return dataclasses.replace(config, enabled=True, **overrides)
+
+
+def tiling_from_flags(current: TilingConfig | None, size: int | None, stride: int | None, reduce: str | None):
+    """--tile-size/--tile-stride/--tile-map-reduce over the source's tiling (stride defaults to the size)."""
+    if size is None and stride is None and reduce is None:
+        return None
+    base = current.to_json() if current else {}
+    tile_size = size if size is not None else base.get("tile_size")
+    if tile_size is None:
+        raise ValueError("--tile-stride/--tile-map-reduce need --tile-size on a bundle without tiling")
+    return TilingConfig.from_json({**base, "tile_size": tile_size,
+                                   "stride": stride if stride is not None else base.get("stride", tile_size),
+                                   **({"map_reduce": reduce} if reduce else {})})
 
 
 class SourceError(Exception):
@@ -79,14 +131,24 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
                    "(instead of the bundle's or run's own).")
 @click.option("--save-masks", type=click.Path(file_okay=False, path_type=Path),
               help="With --defects: write a mask per image (PNG 0/255, or .npy per mask_format) into this folder.")
-@click.option("--pixel-threshold", type=float, default=None,
-              help="With --defects: a fixed pixel threshold in map units, instead of the calibrated one.")
-@click.option("--defect-min-area", type=click.IntRange(min=0), default=None,
-              help="With --defects: drop regions smaller than this many original-image pixels.")
+@click.option("--defects-regions-jsonl", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --defects: also write one JSON line per region (input, region) to this file.")
+@defect_options
+@click.option("--save-overlays", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the heat map blended on each image, region boxes drawn, as PNG into this folder.")
+@click.option("--tile-size", type=click.IntRange(min=32), default=None,
+              help="Tile each image (original pixels) for high-resolution inputs; overrides the bundle's tiling.")
+@click.option("--tile-stride", type=click.IntRange(min=1), default=None, help="Tile stride (default: tile size).")
+@click.option("--tile-map-reduce", type=click.Choice(MAP_REDUCE), default=None, help="How overlapping tile maps blend.")
+@click.option("--continue-on-error/--stop-on-error", default=True, show_default=True,
+              help="Keep going after an unreadable input (its record has `error`), or stop at the first.")
+@click.option("--max-errors", type=click.IntRange(min=1), default=None,
+              help="Stop reading new inputs after this many have failed.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the closing summary (images, errors, anomalous, images/s) to this file.")
 def main(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
-         save_masks, pixel_threshold, defect_min_area, summary_json):
+         save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce, continue_on_error,
+         max_errors, summary_json, **defect_flags):
     """Score images with a pyimgano bundle (or a workbench run); one JSONL record per image."""
     try:
         source = open_source(bundle_path, run_dir, run_category, device, threads)
@@ -97,22 +159,41 @@ def main(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_s
     if not paths:
         click.echo(f"error: no images found for --input {' '.join(inputs)}", err=True)
         sys.exit(ExitCode.USAGE)
-    if (save_masks or infer_config or pixel_threshold is not None or defect_min_area is not None) and not defects:
-        click.echo("error: --save-masks, --infer-config, --pixel-threshold and --defect-min-area need --defects", err=True)
+    given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
+    given += [name for name, value in (("--save-masks", save_masks), ("--infer-config", infer_config),
+                                       ("--defects-regions-jsonl", defects_regions_jsonl)) if value]
+    if given and not defects:
+        click.echo(f"error: {', '.join(given)} need --defects", err=True)
         sys.exit(ExitCode.USAGE)
     try:
         defaults = json.loads(infer_config.read_text(encoding="utf-8"))["defects"] if infer_config else source.defects_defaults
-        defects_config = defects_from_flags(defaults, pixel_threshold, defect_min_area) if defects else None
+        defects_config = defects_from_flags(defaults, defect_flags) if defects else None
+        tiling = tiling_from_flags(source.tiling, tile_size, tile_stride, tile_map_reduce)
     except (ValueError, KeyError, TypeError) as exc:
-        click.echo(f"error: defects settings: {exc}", err=True)
+        click.echo(f"error: {exc}", err=True)
         sys.exit(ExitCode.USAGE)
-    options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks)
+    options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
+                           save_overlays=save_overlays, tiling=tiling,
+                           max_errors=max_errors if continue_on_error else 1)
     out = open(save_jsonl, "w", encoding="utf-8") if save_jsonl else sys.stdout
+    regions_out = open(defects_regions_jsonl, "w", encoding="utf-8") if defects_regions_jsonl else None
+
+    def emit(record: dict) -> None:
+        out.write(json.dumps(record) + "\n")
+        if regions_out and "defects" in record:
+            for region in record["defects"]["regions"]:
+                regions_out.write(json.dumps({"input": record["input"], **region}) + "\n")
+
     try:
-        summary = run_inference(source, paths, options, lambda record: out.write(json.dumps(record) + "\n"))
+        summary = run_inference(source, paths, options, emit)
+    except ValueError as exc:  # e.g. a defects strategy this source cannot serve
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
     finally:
         if save_jsonl:
             out.close()
+        if regions_out:
+            regions_out.close()
     report = {"source": source.name, "device": source.device, **summary.to_json()}
     click.echo(json.dumps(report), err=True)
     if summary_json:

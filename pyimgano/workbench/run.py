@@ -17,6 +17,7 @@ from pyimgano.config import ConfigError, WorkbenchConfig, to_json
 from pyimgano.data.mvtec import CategorySplit, DatasetError, Sample
 from pyimgano.data.sources import list_dataset_categories, load_dataset_split
 from pyimgano.models.registry import get_model
+from pyimgano.runtime.defects import normal_pixel_quantiles
 from pyimgano.runtime.images import ImageReadError, InputContract, read_mask, read_rgb
 from pyimgano.runtime.postprocess import apply_postprocess, calibrate_normalization
 from pyimgano.workbench import artifacts, checkpoint
@@ -150,11 +151,14 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     if postprocess:
         holdout_maps = [apply_postprocess(m, postprocess, stats) for m in holdout_maps]
     source = f"{len(parts.holdout)} held-out train/good images of {category}"
+    normal_pixels = np.concatenate([m.ravel() for m in holdout_maps])
     thresholds = {
         "image": quantile_threshold(holdout_scores, image_quantile(config), "normal_score_quantile", source),
-        "pixel": quantile_threshold(np.concatenate([m.ravel() for m in holdout_maps]),
-                                    config.calibration.pixel_quantile, "normal_pixel_quantile", source),
+        "pixel": quantile_threshold(normal_pixels, config.calibration.pixel_quantile, "normal_pixel_quantile", source),
+        # Lets deployment pick another pixel quantile (strategy normal_pixel_quantile) without refitting.
+        "normal_pixel_quantiles": normal_pixel_quantiles(normal_pixels),
     }
+    del normal_pixels
     del holdout_maps
 
     started = time.perf_counter()

@@ -66,6 +66,7 @@ class RunSource:
         self.normalization = NormalizationStats.from_json(post["stats"]) if post.get("stats") else None
         self.image_threshold = report["thresholds"]["image"]["value"]
         self.pixel_threshold = report["thresholds"]["pixel"]["value"]
+        self.normal_pixel_quantiles = report["thresholds"].get("normal_pixel_quantiles")
         self.defects_defaults = config.defects.to_json()
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

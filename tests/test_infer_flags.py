@@ -1,0 +1,214 @@
+"""pyimgano-infer's defect and output flags, each checked on what it changes in the outputs.
+
+Runs in-process through click's CliRunner on the synthetic edge bundle; marked `edge` (no torch needed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pyimgano.cli.infer import main
+from pyimgano.runtime.defects import threshold_from_normal_quantiles
+from pyimgano.runtime.exit_codes import ExitCode
+
+pytestmark = pytest.mark.edge
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(edge_fixture, tmp_path: Path, *flags: str, inputs: str | None = None) -> tuple[list[dict], dict]:
+    out = tmp_path / f"records-{abs(hash(flags))}.jsonl"
+    summary = tmp_path / f"summary-{abs(hash(flags))}.json"
+    source = inputs or str(edge_fixture["category_dir"] / "test" / "spot")
+    result = CliRunner().invoke(main, ["--bundle", str(edge_fixture["bundle_dir"]), "--input", source,
+                                       "--save-jsonl", str(out), "--summary-json", str(summary), *flags])
+    assert result.exit_code in (ExitCode.OK, ExitCode.INPUT_ERRORS), result.output
+    return [json.loads(line) for line in out.read_text().splitlines()], json.loads(summary.read_text())
+
+
+def masks_of(records: list[dict]) -> list[np.ndarray]:
+    return [cv2.imread(r["defects"]["mask_path"], cv2.IMREAD_GRAYSCALE) > 0 for r in records]
+
+
+@pytest.fixture(scope="module")
+def baseline(edge_fixture, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("baseline")
+    records, _ = run(edge_fixture, folder, "--defects", "--save-masks", str(folder / "m"))
+    assert sum(len(r["defects"]["regions"]) for r in records) > 0
+    return records
+
+
+def regions(records):
+    return [region for record in records for region in record["defects"]["regions"]]
+
+
+def test_records_and_summary_follow_the_published_schemas(edge_fixture, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted((edge_fixture["category_dir"] / "test" / "spot").glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    records, summary = run(edge_fixture, tmp_path, "--defects", "--save-masks", str(tmp_path / "m"),
+                           "--save-overlays", str(tmp_path / "o"), inputs=str(folder))
+    record_schema = json.loads((ROOT / "docs" / "schemas" / "infer_record.schema.json").read_text())
+    summary_schema = json.loads((ROOT / "docs" / "schemas" / "infer_summary.schema.json").read_text())
+    for record in records:
+        jsonschema.validate(record, record_schema)
+    jsonschema.validate(summary, summary_schema)
+    assert sum("error" in r for r in records) == 1 and summary["errors"] == 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"input": "x", "error": "bad", "score": 0.0}, record_schema)
+
+
+def test_pixel_threshold_is_fixed(edge_fixture, tmp_path):
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--pixel-threshold", "123.5")
+    assert {r["defects"]["pixel_threshold"] for r in records} == {123.5}
+    assert regions(records) == []
+
+
+def test_normal_pixel_quantile_strategy_reads_the_bundle_table(edge_fixture, tmp_path):
+    manifest = json.loads((edge_fixture["bundle_dir"] / "manifest.json").read_text())
+    table = manifest["thresholds"]["normal_pixel_quantiles"]
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--pixel-threshold-strategy", "normal_pixel_quantile",
+                     "--pixel-normal-quantile", "0.99")
+    expected = threshold_from_normal_quantiles(table, 0.99)
+    assert {r["defects"]["pixel_threshold"] for r in records} == {expected}
+    assert expected < manifest["thresholds"]["pixel"]["value"]  # the calibrated one is the 0.999 quantile
+
+
+def test_mask_format_npy(edge_fixture, tmp_path):
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--mask-format", "npy", "--save-masks", str(tmp_path / "m"))
+    for record in records:
+        mask = np.load(record["defects"]["mask_path"])
+        assert mask.dtype == bool and list(mask.shape) == record["image_size"]
+        assert int(mask.sum()) == sum(r["area"] for r in record["defects"]["regions"])
+
+
+def test_roi_keeps_regions_inside(edge_fixture, tmp_path, baseline):
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--roi-xyxy-norm", "0", "0", "0.5", "0.5")
+    for record in records:
+        height, width = record["image_size"]
+        for region in record["defects"]["regions"]:
+            x0, y0, x1, y1 = region["bbox_xyxy"]
+            assert x1 <= width / 2 + 1 and y1 <= height / 2 + 1
+    assert len(regions(records)) < len(regions(baseline))
+
+
+@pytest.mark.parametrize(
+    ("flags", "relation"),
+    [
+        (("--defect-border-ignore-px", "40"), "subset"),
+        (("--defect-open-ksize", "7"), "subset"),
+        (("--defect-close-ksize", "9"), "superset"),
+        (("--defect-fill-holes",), "superset"),
+        (("--defect-hysteresis-low", "-1e9"), "superset"),
+        (("--defect-smooth", "median", "--defect-smooth-ksize", "5"), "different"),
+        (("--defect-merge-gap-px", "40"), "same"),
+    ],
+)
+def test_mask_flags(edge_fixture, tmp_path, baseline, flags, relation):
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--save-masks", str(tmp_path / "m"), *flags)
+    new, old = masks_of(records), masks_of(baseline)
+    if relation == "subset":
+        assert all((n & ~o).sum() == 0 for n, o in zip(new, old)) and sum(n.sum() for n in new) < sum(o.sum() for o in old)
+    elif relation == "superset":
+        assert all((o & ~n).sum() == 0 for n, o in zip(new, old))
+    elif relation == "different":
+        assert any(not np.array_equal(n, o) for n, o in zip(new, old))
+    else:  # merging changes regions, not pixels
+        assert all(np.array_equal(n, o) for n, o in zip(new, old))
+        assert len(regions(records)) <= len(regions(baseline))
+    if flags[0] == "--defect-border-ignore-px":
+        assert not any(m[:40].any() or m[-40:].any() or m[:, :40].any() or m[:, -40:].any() for m in new)
+
+
+@pytest.mark.parametrize(
+    ("flags", "keep"),
+    [
+        (("--defect-min-area", "200"), lambda r: r["area"] >= 200),
+        (("--defect-min-score-max", "QMAX"), lambda r, v=None: True),
+        (("--defect-min-fill-ratio", "0.5"),
+         lambda r: r["area"] / ((r["bbox_xyxy"][2] - r["bbox_xyxy"][0]) * (r["bbox_xyxy"][3] - r["bbox_xyxy"][1])) >= 0.5),
+        (("--defect-max-aspect-ratio", "2"),
+         lambda r: max(r["bbox_xyxy"][2] - r["bbox_xyxy"][0], r["bbox_xyxy"][3] - r["bbox_xyxy"][1])
+         / min(r["bbox_xyxy"][2] - r["bbox_xyxy"][0], r["bbox_xyxy"][3] - r["bbox_xyxy"][1]) <= 2),
+        (("--defect-min-solidity", "0.9"), lambda r: True),
+    ],
+)
+def test_region_filters(edge_fixture, tmp_path, baseline, flags, keep):
+    if flags[1] == "QMAX":  # the median peak of the baseline regions: about half must go
+        flags = (flags[0], str(float(np.median([r["score_max"] for r in regions(baseline)]))))
+        keep = lambda r, v=float(flags[1]): r["score_max"] >= v  # noqa: E731
+    records, _ = run(edge_fixture, tmp_path, "--defects", *flags)
+    assert all(keep(region) for region in regions(records))
+    assert len(regions(records)) <= len(regions(baseline))
+
+
+def test_min_score_mean_and_max_regions_with_sort(edge_fixture, tmp_path, baseline):
+    cut = float(np.median([r["score_mean"] for r in regions(baseline)]))
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--defect-min-score-mean", str(cut))
+    assert all(r["score_mean"] >= cut for r in regions(records)) and len(regions(records)) < len(regions(baseline))
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--defect-max-regions", "1", "--defect-region-sort", "area")
+    for record, old in zip(records, baseline):
+        assert len(record["defects"]["regions"]) <= 1
+        if old["defects"]["regions"]:
+            assert record["defects"]["regions"][0]["area"] == max(r["area"] for r in old["defects"]["regions"])
+
+
+def test_explicit_flag_overrides_the_infer_config_block(edge_fixture, tmp_path, baseline):
+    config = tmp_path / "infer_config.json"
+    config.write_text(json.dumps({"defects": {"enabled": True, "min_area": 10**6}}))
+    blocked, _ = run(edge_fixture, tmp_path, "--defects", "--infer-config", str(config))
+    assert regions(blocked) == []
+    overridden, _ = run(edge_fixture, tmp_path, "--defects", "--infer-config", str(config), "--defect-min-area", "0")
+    assert len(regions(overridden)) == len(regions(baseline))
+
+
+def test_regions_jsonl_and_overlays(edge_fixture, tmp_path, baseline):
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--defects-regions-jsonl", str(tmp_path / "regions.jsonl"),
+                     "--save-overlays", str(tmp_path / "overlays"))
+    lines = [json.loads(line) for line in (tmp_path / "regions.jsonl").read_text().splitlines()]
+    assert len(lines) == len(regions(records)) and all({"input", "bbox_xyxy", "area"} <= set(line) for line in lines)
+    for record in records:
+        picture = cv2.imread(record["overlay_path"])
+        assert list(picture.shape[:2]) == record["image_size"] and picture.shape[2] == 3
+        # Boxes are drawn in pure green on the blended picture.
+        if record["defects"]["regions"]:
+            x0, y0, _, _ = record["defects"]["regions"][0]["bbox_xyxy"]
+            assert tuple(picture[y0, x0]) == (0, 255, 0)
+
+
+def test_tile_flags_tile_any_bundle(edge_fixture, tmp_path):
+    records, _ = run(edge_fixture, tmp_path, "--tile-size", "128", "--tile-stride", "96", "--tile-map-reduce", "hann")
+    for record in records:
+        assert record["map"]["shape"] == record["image_size"]  # tiled maps come back at the image's own size
+    plain, _ = run(edge_fixture, tmp_path)
+    assert all(p["map"]["shape"] == [256, 256] for p in plain)
+    assert [r["score"] for r in records] != [p["score"] for p in plain]
+
+
+def test_max_errors_and_stop_on_error(edge_fixture, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a_broken.png", "b_broken.png", "c_broken.png"):
+        (folder / name).write_bytes(b"junk")
+    for path in sorted((edge_fixture["category_dir"] / "test" / "good").glob("*.png"))[:12]:
+        (folder / f"z_{path.name}").write_bytes(path.read_bytes())
+    records, summary = run(edge_fixture, tmp_path, "--batch-size", "2", "--max-errors", "2", inputs=str(folder))
+    assert summary["stopped_early"] is True and summary["errors"] == 2 and len(records) == 2
+    records, summary = run(edge_fixture, tmp_path, "--batch-size", "4", "--stop-on-error", inputs=str(folder))
+    assert summary["stopped_early"] is True and summary["errors"] >= 1 and not any("score" in r for r in records)
+    records, summary = run(edge_fixture, tmp_path, inputs=str(folder))
+    assert summary["stopped_early"] is False and summary["errors"] == 3 and len(records) == 15
+
+
+def test_defect_flags_need_defects(edge_fixture):
+    result = CliRunner().invoke(main, ["--bundle", str(edge_fixture["bundle_dir"]), "--input",
+                                       str(edge_fixture["category_dir"]), "--defect-min-area", "3"])
+    assert result.exit_code == ExitCode.USAGE and "--defect-min-area need --defects" in result.output
