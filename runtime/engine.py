@@ -40,6 +40,9 @@ class Engine:
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         self.providers = select_providers(device)
+        if "CUDAExecutionProvider" in self.providers and hasattr(ort, "preload_dlls"):
+            # Loads the CUDA/cuDNN libraries that pip wheels (e.g. torch's) put on the machine.
+            ort.preload_dlls()
         self.session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=self.providers)
         outputs = bundle.manifest["outputs"]
         self.input_name = self.session.get_inputs()[0].name
@@ -91,5 +94,18 @@ class Engine:
         expected = (contract.height, contract.width, 3)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != expected:
             raise EngineError(f"batch must be uint8 [B,{expected[0]},{expected[1]},3], got {batch.dtype} {batch.shape}")
+        if self.device == "cuda":
+            return self._run_bound(batch)
         scores, maps = self.session.run(self.output_names, {self.input_name: batch})
+        return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
+
+    def _run_bound(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CUDA with IOBinding: the uint8 batch goes up once, the outputs are allocated on the device and
+        only the small score vector and the maps come back; nothing else crosses to the host."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, batch)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        scores, maps = binding.copy_outputs_to_cpu()
         return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
