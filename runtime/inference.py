@@ -15,6 +15,7 @@ import numpy as np
 
 from pyimgano.runtime.defects import DefectsConfig, extract_regions, threshold_from_normal_quantiles
 from pyimgano.runtime.images import ImageReadError, InputContract, read_rgb
+from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig, apply_postprocess
 from pyimgano.runtime.tiling import TilingConfig
 from pyimgano.runtime.scoring import score_images
@@ -152,6 +153,7 @@ def run_inference(
     overlays = MaskWriter(options.save_overlays, "png", suffix="overlay") if options.save_overlays else None
     summary = Summary(images=len(paths))
     started = time.perf_counter()
+    progress = Progress("inference", len(paths))
     for chunk in _chunks(paths, options.batch_size):
         records: list[dict] = []
         images, slots = [], []
@@ -203,6 +205,7 @@ def run_inference(
                 summary.stage_seconds["defects"] += time.perf_counter() - t0
         for record in records:
             emit(record)
+        progress.update(len(records))
         if summary.stopped_early:
             break
     summary.seconds = time.perf_counter() - started

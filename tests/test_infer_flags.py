@@ -212,3 +212,25 @@ def test_defect_flags_need_defects(edge_fixture):
     result = CliRunner().invoke(main, ["--bundle", str(edge_fixture["bundle_dir"]), "--input",
                                        str(edge_fixture["category_dir"]), "--defect-min-area", "3"])
     assert result.exit_code == ExitCode.USAGE and "--defect-min-area need --defects" in result.output
+
+
+def test_a_defect_across_a_tile_seam_is_one_region(edge_fixture, tmp_path):
+    """1024x1024 texture (same scale as the 256-px training images once a 512 tile is resized to 256) with a
+    dark spot centred on the seam at x = y = 512: tiles 512 / stride 384 with hann blending find it as one region."""
+    from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = generate_dataset(tmp_path / "big", SyntheticSpec(image_size=1024, n_train=1, n_test_good=1, n_test_per_defect=1))
+    image = cv2.imread(str(root / "test" / "good" / "000.png"))
+    cv2.ellipse(image, (512, 512), (44, 30), 20, 0, 360, (40, 45, 60), -1)
+    path = tmp_path / "seam.png"
+    cv2.imwrite(str(path), image)
+    records, _ = run(edge_fixture, tmp_path, "--tile-size", "512", "--tile-stride", "384", "--tile-map-reduce", "hann",
+                     "--defects", "--defect-min-area", "400", inputs=str(path))
+    [record] = records
+    assert record["label"] == 1
+    hits = [r for r in record["defects"]["regions"]
+            if r["bbox_xyxy"][0] <= 512 < r["bbox_xyxy"][2] and r["bbox_xyxy"][1] <= 512 < r["bbox_xyxy"][3]]
+    assert len(hits) == 1
+    x0, y0, x1, y1 = hits[0]["bbox_xyxy"]
+    # The one region spans both sides of the seam in both directions.
+    assert x0 < 512 - 20 and x1 > 512 + 20 and y0 < 512 - 10 and y1 > 512 + 10

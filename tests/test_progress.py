@@ -2,7 +2,11 @@
 
 import io
 
-from pyimgano.progress import Progress, track
+import pytest
+
+from pyimgano.runtime.progress import Progress, track
+
+pytestmark = pytest.mark.edge
 
 
 class Terminal(io.StringIO):

@@ -19,7 +19,7 @@ from torch import nn
 
 from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
 from pyimgano.models.base import GraphDetector, NotFittedError
-from pyimgano.progress import Progress, track
+from pyimgano.runtime.progress import Progress, track
 
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from pyimgano.progress import track
+from pyimgano.runtime.progress import track
 from pyimgano.runtime.images import InputContract
 from pyimgano.runtime.scoring import model_inputs, score_images
 from pyimgano.runtime.tiling import TilingConfig

@@ -1,4 +1,7 @@
-"""Progress bars on a terminal only: nothing is written when stderr is a file or a pipe (CI, logs)."""
+"""Progress bars on a terminal only: nothing is written when stderr is a file or a pipe (CI, logs).
+
+In the runtime (no torch) so that pyimgano-infer and the workbench draw the same bars.
+"""
 
 from __future__ import annotations
 
