@@ -13,7 +13,7 @@ CATEGORY ?=
 OUT ?= demo_out
 EDGE_FIXTURE := build/edge-fixture
 
-.PHONY: demo test test-full test-edge install clean
+.PHONY: demo test test-full test-edge bench install clean
 
 install: $(VENV)/.installed $(WEIGHTS)
 
@@ -54,6 +54,10 @@ test-edge: install $(EDGE_VENV)/.installed
 	$(VENV)/bin/python -m pyimgano.demo --out $(EDGE_FIXTURE) --quiet
 	PYIMGANO_EDGE_BUNDLE=$(EDGE_FIXTURE)/bundles PYIMGANO_EDGE_DATA=$(EDGE_FIXTURE)/data PYIMGANO_EXPECT_NO_TORCH=1 \
 		$(EDGE_VENV)/bin/python -m pytest -q -m edge tests
+
+# Speed and memory of the engine against this machine's floor (benchmarks/bench.py): a table and JSON.
+bench: install
+	$(VENV)/bin/python benchmarks/bench.py --train --out benchmarks/results/bench.json
 
 clean:
 	rm -rf $(OUT) build .pytest_cache
