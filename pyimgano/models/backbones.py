@@ -134,3 +134,16 @@ def preset_and_backbone(model, presets: dict[str, dict]) -> tuple[dict, str]:
     if backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
     return preset, backbone
+
+
+def backbone_fields(model, contract, seed: int) -> dict:
+    """The parameters every backbone-based detector takes from the model config and the input contract."""
+    return {
+        "pretrained": model.pretrained,
+        "weights_path": model.weights_path,
+        "input_hw": (contract.height, contract.width),
+        "mean": contract.mean,
+        "std": contract.std,
+        "seed": seed,
+        "batch_size": model.batch_size,
+    }

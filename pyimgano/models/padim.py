@@ -30,6 +30,7 @@ from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
 from pyimgano.models.backbones import (
+    backbone_fields,
     build_feature_extractor,
     get_backbone_spec,
     preset_and_backbone,
@@ -93,13 +94,7 @@ def resolve_padim(model: ModelConfig, contract: InputContract, seed: int) -> Pad
         backbone=backbone,
         layers=layers,
         n_features=int(n_features),
-        pretrained=model.pretrained,
-        weights_path=model.weights_path,
-        input_hw=(contract.height, contract.width),
-        mean=contract.mean,
-        std=contract.std,
-        seed=seed,
-        batch_size=model.batch_size,
+        **backbone_fields(model, contract, seed),
     )
 
 

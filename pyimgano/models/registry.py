@@ -12,7 +12,11 @@ import torch
 
 from pyimgano.config import ConfigError, ModelConfig
 from pyimgano.models.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
-from pyimgano.models.backbones import get_backbone_spec, preset_and_backbone
+from pyimgano.models.backbones import (
+    backbone_fields,
+    get_backbone_spec,
+    preset_and_backbone,
+)
 from pyimgano.models.padim import PADIM_PRESETS, build_padim
 from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore
 from pyimgano.runtime.images import InputContract
@@ -68,13 +72,7 @@ def resolve_patchcore(model: ModelConfig, contract: InputContract, seed: int) ->
         coreset_ratio=model.coreset_ratio if model.coreset_ratio is not None else preset["coreset_ratio"],
         num_neighbors=model.num_neighbors if model.num_neighbors is not None else preset["num_neighbors"],
         embed_dim=model.embed_dim if model.embed_dim is not None else preset["embed_dim"],
-        pretrained=model.pretrained,
-        weights_path=model.weights_path,
-        input_hw=(contract.height, contract.width),
-        mean=contract.mean,
-        std=contract.std,
-        seed=seed,
-        batch_size=model.batch_size,
+        **backbone_fields(model, contract, seed),
     )
 
 
