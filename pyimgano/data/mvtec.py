@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyimgano.runtime.images import IMAGE_SUFFIXES, ImageReadError, InputContract, read_mask, read_rgb, to_contract
+from pyimgano.runtime.images import IMAGE_SUFFIXES, ImageReadError, InputContract, read_rgb, to_contract
 
 GOOD = "good"
 
@@ -89,16 +89,4 @@ def load_images(samples: list[Sample], contract: InputContract) -> np.ndarray:
             out[i] = to_contract(read_rgb(sample.path), contract)
         except ImageReadError as exc:
             raise DatasetError(f"{sample.path}: {exc}") from exc
-    return out
-
-
-def load_masks(samples: list[Sample], contract: InputContract) -> np.ndarray:
-    """bool [N,H,W]; good images (and defect images without a mask file) are all-normal."""
-    out = np.zeros((len(samples), contract.height, contract.width), dtype=bool)
-    for i, sample in enumerate(samples):
-        if sample.mask_path is not None:
-            try:
-                out[i] = read_mask(sample.mask_path, contract.height, contract.width)
-            except ImageReadError as exc:
-                raise DatasetError(str(exc)) from exc
     return out
