@@ -177,8 +177,8 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
     Keeps the rows that cover the feature space, so rare normal patterns survive. Exact greedy reads
     the whole feature matrix once per selected row, which is memory-bound and far too slow for 10^5
     rows; so each round takes the `pool` farthest rows as candidates, runs exact greedy among them to
-    pick `per_round` centres (which keeps near-duplicates apart), then updates every row's distance
-    with one GEMM. With per_round=1 this is exactly the paper's greedy.
+    pick `per_round` centres (which keeps near-duplicates apart), then updates the distance of every
+    row the new centres can reach (one GEMM per chunk). With per_round=1 this is exactly the paper's greedy.
     """
     total = features.shape[0]
     target = max(1, int(math.ceil(total * ratio)))
@@ -196,6 +196,9 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
     first = int(torch.randint(total, (1,), generator=generator))
     selected = [first]
     min_d2 = _sq_dist_to(reduced, reduced_sq, reduced[first : first + 1])[:, 0].clamp_min(0.0)
+    # Each row's nearest centre so far (an index into `centre_points`), for the triangle-inequality skip.
+    nearest = torch.zeros(total, dtype=torch.long, device=reduced.device)
+    centre_points = reduced[first : first + 1]
     progress = Progress("coreset", target)
     progress.update()
     while len(selected) < target:
@@ -215,11 +218,22 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
         selected.extend(int(row) for row in chosen_rows)
         progress.update(len(chosen))
         centres = reduced[chosen_rows]
+        # Triangle inequality: a new centre c can only come closer to row x than x's nearest centre a if
+        # d(a, c) < 2 d(x, a). Late in the selection most rows are already close to their centre, so only
+        # the rows that may change are recomputed (the result is the same as updating every row).
+        centre_gap = _sq_dist_to(centre_points, (centre_points * centre_points).sum(dim=1), centres)
+        centre_gap = centre_gap.clamp_min(0.0).min(dim=1).values.sqrt()
+        may_change = centre_gap[nearest] <= 2.0 * min_d2.sqrt() * (1.0 + 1e-4) + 1e-6
+        rows = may_change.nonzero().squeeze(1)
+        offset = centre_points.shape[0]
         # Row chunks keep the [rows, centres] block cache-sized instead of one pass over a huge matrix.
-        for start in range(0, total, CORESET_UPDATE_ROWS):
-            stop = start + CORESET_UPDATE_ROWS
-            new_d2 = _sq_dist_to(reduced[start:stop], reduced_sq[start:stop], centres).min(dim=1).values
-            torch.minimum(min_d2[start:stop], new_d2.clamp_min(0.0), out=min_d2[start:stop])
+        for start in range(0, rows.numel(), CORESET_UPDATE_ROWS):
+            part = rows[start : start + CORESET_UPDATE_ROWS]
+            new_d2, new_index = _sq_dist_to(reduced[part], reduced_sq[part], centres).clamp_min(0.0).min(dim=1)
+            closer = new_d2 < min_d2[part]
+            min_d2[part] = torch.where(closer, new_d2, min_d2[part])
+            nearest[part] = torch.where(closer, new_index + offset, nearest[part])
+        centre_points = torch.cat([centre_points, centres])
     return torch.tensor(selected, dtype=torch.long)
 
 
