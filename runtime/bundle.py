@@ -98,10 +98,6 @@ class Bundle:
     def model_path(self) -> Path:
         return self.root / self.manifest["onnx"]["file"]
 
-    @property
-    def infer_config_path(self) -> Path:
-        return self.root / "infer_config.json"
-
 
 def _major(version: str) -> str:
     return str(version).split(".", 1)[0]

@@ -46,6 +46,8 @@ class Engine:
             # Loads the CUDA/cuDNN libraries that pip wheels (e.g. torch's) put on the machine.
             ort.preload_dlls()
         self.session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=self.providers)
+        # What the session actually got (ORT falls back to the CPU silently), read once, not per batch.
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         outputs = bundle.manifest["outputs"]
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [outputs["score"], outputs["map"]]
@@ -87,9 +89,6 @@ class Engine:
     def defects_defaults(self) -> dict:
         return self.bundle.manifest["defects"]
 
-    @property
-    def device(self) -> str:
-        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         contract = self.bundle.contract

@@ -221,11 +221,12 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
 
 def infer_config(config: WorkbenchConfig, reports: dict[str, dict]) -> dict:
     """artifacts/infer_config.json: what deployment-style inference needs from this run."""
+    resolved = to_json(config)
     return {
         **artifacts.report_header(),
-        "model": to_json(config)["model"],
+        "model": resolved["model"],
         "input": input_contract(config).to_json(),
-        "adaptation": to_json(config)["adaptation"],
+        "adaptation": resolved["adaptation"],
         "defects": config.defects.to_json(),
         "categories": {
             category: {
