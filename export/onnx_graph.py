@@ -13,6 +13,7 @@ OPSET = 17
 INPUT_NAME = "images"
 SCORE_NAME = "scores"
 MAP_NAME = "maps"
+PARITY_BATCH = 16
 
 
 def export_graph(graph: torch.nn.Module, height: int, width: int, path: Path) -> None:
@@ -39,10 +40,18 @@ def export_graph(graph: torch.nn.Module, height: int, width: int, path: Path) ->
 
 def measure_parity(graph: torch.nn.Module, onnx_path: Path, images: np.ndarray, threshold: float) -> dict:
     """Scores and maps of the same uint8 images through torch and ONNX Runtime (CPU), compared."""
-    with torch.no_grad():
-        torch_scores, torch_maps = (t.numpy() for t in graph(torch.from_numpy(images)))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_scores, onnx_maps = session.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images})
+    options = ort.SessionOptions()
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # as the engine runs it
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    torch_parts, onnx_parts = [], []
+    # Batches bound the (patches x bank chunk) distance blocks on both sides.
+    for start in range(0, len(images), PARITY_BATCH):
+        batch = images[start : start + PARITY_BATCH]
+        with torch.no_grad():
+            torch_parts.append([t.float().numpy() for t in graph(torch.from_numpy(batch))])
+        onnx_parts.append(session.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: batch}))
+    torch_scores, torch_maps = (np.concatenate(part) for part in zip(*torch_parts))
+    onnx_scores, onnx_maps = (np.concatenate(part) for part in zip(*onnx_parts))
     score_scale = np.maximum(np.abs(torch_scores), 1e-6)
     map_scale = max(float(np.abs(torch_maps).max()), 1e-6)
     return {

@@ -28,13 +28,13 @@ from pyimgano.models.backbones import (  # noqa: E402
     resolve_weights,
 )
 from pyimgano.models.patchcore import (  # noqa: E402
+    MemoryBank,
     NotFittedError,
     PatchCoreParams,
     VisionPatchCore,
     adaptive_pool_matrix,
     gaussian_kernel_1d,
     greedy_coreset,
-    nearest_in_bank,
 )
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
@@ -118,8 +118,7 @@ def test_gaussian_kernel_sigma4_is_normalised_symmetric_33_taps():
 
 @pytest.mark.parametrize("chunk_rows", [4096, 7, 1])
 @pytest.mark.parametrize("bank_rows", [5, 30, 64])
-def test_nearest_in_bank_matches_bruteforce_cdist(monkeypatch, chunk_rows, bank_rows):
-    monkeypatch.setattr(patchcore, "BANK_CHUNK_ROWS", chunk_rows)
+def test_nearest_in_bank_matches_bruteforce_cdist(chunk_rows, bank_rows):
     g = torch.Generator().manual_seed(bank_rows)
     queries = torch.randn(50, 16, generator=g) * 3.0 + 1.0
     bank = torch.randn(bank_rows, 16, generator=g) * 3.0
@@ -129,18 +128,19 @@ def test_nearest_in_bank_matches_bruteforce_cdist(monkeypatch, chunk_rows, bank_
     if bank_rows > 1:
         two = ref.topk(2, dim=1, largest=False).values
         assert float((two[:, 1] - two[:, 0]).min()) > 1e-3
-    d2, idx = nearest_in_bank(queries, bank, (bank * bank).sum(dim=1))
+    memory = MemoryBank(bank, chunk_rows=chunk_rows)
+    d2, idx = memory.nearest(memory.centre(queries))
     assert idx.dtype == torch.long
     torch.testing.assert_close(idx, ref_idx, rtol=0, atol=0)
     torch.testing.assert_close(d2.double(), ref_d2, rtol=1e-4, atol=1e-3)
 
 
-def test_nearest_in_bank_chunk_boundary_winner_in_last_partial_chunk(monkeypatch):
+def test_nearest_in_bank_chunk_boundary_winner_in_last_partial_chunk():
     """The true nearest row sits in the last, partial chunk for some queries and in the first for others."""
-    monkeypatch.setattr(patchcore, "BANK_CHUNK_ROWS", 7)
     bank = torch.arange(23, dtype=torch.float32).view(23, 1) * 10.0  # rows 0, 10, ..., 220 on a line
     queries = torch.tensor([[221.0], [1.0], [69.0], [151.0], [-3.0]])
-    d2, idx = nearest_in_bank(queries, bank, (bank * bank).sum(dim=1))
+    memory = MemoryBank(bank, chunk_rows=7)
+    d2, idx = memory.nearest(memory.centre(queries))
     assert idx.tolist() == [22, 0, 7, 15, 0]
     torch.testing.assert_close(d2, torch.tensor([1.0, 1.0, 1.0, 1.0, 9.0]), rtol=0, atol=1e-3)
 

@@ -9,6 +9,7 @@ bank walked in fixed chunks to bound memory, a separable Gaussian blur as two co
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
 from pyimgano.models.base import GraphDetector, NotFittedError
 from pyimgano.runtime.progress import Progress, track
 
+# Graph precisions: the dtype of the backbone, projection and bank GEMM (everything else is float32).
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096
 # The paper smooths the upsampled map with a Gaussian of sigma 4 pixels.
@@ -77,6 +80,10 @@ class PatchEmbedder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = images.permute(0, 3, 1, 2).to(torch.float32)
         x = (x - self.mean) / self.std
+        # A half-precision graph (extractor and projection in float16) casts once here and back at the end.
+        compute_dtype = next(self.extractor.parameters()).dtype
+        if compute_dtype != torch.float32:
+            x = x.to(compute_dtype)
         feature_maps = self.extractor(x)
         first = feature_maps[self.layers[0]]
         height, width = int(first.shape[2]), int(first.shape[3])
@@ -90,49 +97,116 @@ class PatchEmbedder(nn.Module):
         features = features.permute(0, 2, 3, 1).reshape(features.shape[0], height * width, features.shape[1])
         if self.projection.numel():
             features = features @ self.projection
+        if compute_dtype != torch.float32:
+            features = features.float()
         return features, height, width
 
 
-def nearest_in_bank(
-    queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distance to, and index of, each query's nearest bank row.
+class MemoryBank(nn.Module):
+    """The memory bank inside the scoring graph: stored once, in fixed row chunks, centred on its mean.
 
-    ||q - b||^2 = ||q||^2 + (||b||^2 - 2 q.b): the bracket is one fused GEMM (addmm) per chunk of the
-    bank, and ||q||^2 is added once after the minimum, since it does not change which row is nearest.
+    Chunks bound the (queries x rows) distance block that a search holds. Every use (nearest-neighbour
+    search, row lookup, the anchor's neighbourhood) reads the same chunk tensors, so the exported file
+    holds each row once. Centring changes no distance, but it shrinks the norms in
+    ||q||^2 + ||b||^2 - 2 q.b, whose cancellation otherwise costs fp32 digits (and overflows fp16) when
+    the nearest distance is small against the norms, as it is for normal patches.
+
+    `dtype` float16 stores the rows in half precision and runs the q.b GEMM in it; the norms, the sums and
+    the minimum stay in float32.
     """
-    best = None
-    best_index = None
-    for start in range(0, bank.shape[0], BANK_CHUNK_ROWS):
-        chunk = bank[start : start + BANK_CHUNK_ROWS]
-        partial = torch.addmm(bank_sq_norms[start : start + BANK_CHUNK_ROWS].unsqueeze(0), queries, chunk.t(), beta=1.0, alpha=-2.0)
-        value, index = partial.min(dim=1)
-        if best is None:
-            best, best_index = value, index
-        else:
-            better = value < best
-            best = torch.where(better, value, best)
-            best_index = torch.where(better, index + start, best_index)
-    return (best + (queries * queries).sum(dim=1)).clamp_min(0.0), best_index
+
+    def __init__(self, bank: torch.Tensor, dtype: torch.dtype = torch.float32, chunk_rows: int | None = None):
+        super().__init__()
+        chunk_rows = chunk_rows or BANK_CHUNK_ROWS
+        self.register_buffer("mean", bank.mean(dim=0))
+        self.starts: list[int] = []
+        for number, chunk in enumerate((bank - self.mean).split(chunk_rows)):
+            stored = chunk.to(dtype).contiguous()
+            self.register_buffer(f"rows_{number}", stored)
+            self.register_buffer(f"sq_norms_{number}", stored.float().pow(2).sum(dim=1))
+            self.starts.append(number * chunk_rows)
+        self.total_rows = int(bank.shape[0])
+        self.dim = int(bank.shape[1])
+
+    def chunks(self):
+        for number, start in enumerate(self.starts):
+            yield start, getattr(self, f"rows_{number}"), getattr(self, f"sq_norms_{number}")
+
+    def centre(self, points: torch.Tensor) -> torch.Tensor:
+        return points - self.mean
+
+    @staticmethod
+    def _partial(points: torch.Tensor, rows: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+        """||b||^2 - 2 p.b for every point and row of one chunk, float32 [P, rows]."""
+        if rows.dtype == torch.float32:
+            return torch.addmm(sq_norms.unsqueeze(0), points, rows.t(), beta=1.0, alpha=-2.0)
+        return sq_norms.unsqueeze(0) - 2.0 * torch.mm(points.to(rows.dtype), rows.t()).float()
+
+    def nearest(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared distance to, and index of, each centred point's nearest row.
+
+        The search ranks rows by ||b||^2 - 2 p.b (||p||^2 does not change which row is nearest); the
+        distance to the chosen row is then computed directly, which is exact where the expansion loses
+        digits to cancellation, and lets an int8 search (export/quantize.py) pick the row while the
+        distance stays fp32."""
+        best = None
+        best_index = None
+        for start, rows, sq_norms in self.chunks():
+            partial = self._partial(points, rows, sq_norms)
+            # argmin + gather, not min(dim): ONNX has no single op for both, and ReduceMin would be a
+            # second full pass over the (points x rows) block.
+            index = partial.argmin(dim=1)
+            value = partial.gather(1, index.unsqueeze(1)).squeeze(1)
+            if best is None:
+                best, best_index = value, index
+            else:
+                better = value < best
+                best = torch.where(better, value, best)
+                best_index = torch.where(better, index + start, best_index)
+        return (points - self.lookup(best_index)).pow(2).sum(dim=1), best_index
+
+    def sq_distances(self, points: torch.Tensor) -> torch.Tensor:
+        """Squared distances [P, rows] from each centred point to every row."""
+        partial = torch.cat([self._partial(points, rows, sq_norms) for _, rows, sq_norms in self.chunks()], dim=1)
+        return partial + (points * points).sum(dim=1, keepdim=True)
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """Centred float32 rows at `index` (any shape) -> [*index.shape, D], gathered chunk by chunk."""
+        picked = None
+        for start, rows, _ in self.chunks():
+            local = rows[(index - start).clamp(0, rows.shape[0] - 1)].float()
+            if picked is None:
+                picked = local
+            else:
+                inside = ((index >= start) & (index < start + rows.shape[0])).unsqueeze(-1)
+                picked = torch.where(inside, local, picked)
+        return picked
 
 
 class PatchCoreGraph(nn.Module):
     """The whole scoring path. forward(uint8 [B,H,W,3]) -> (scores [B], maps [B,H,W]), raw distance units."""
 
-    def __init__(self, embedder: PatchEmbedder, memory_bank: torch.Tensor, num_neighbors: int, input_hw: tuple[int, int]):
+    def __init__(
+        self,
+        embedder: PatchEmbedder,
+        memory_bank: torch.Tensor,
+        num_neighbors: int,
+        input_hw: tuple[int, int],
+        bank_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.embedder = embedder
-        self.register_buffer("memory_bank", memory_bank)
-        self.register_buffer("bank_sq_norms", (memory_bank * memory_bank).sum(dim=1))
+        self.bank = MemoryBank(memory_bank, bank_dtype)
         self.num_neighbors = min(num_neighbors, memory_bank.shape[0])
         self.input_hw = input_hw
         self.register_buffer("blur", gaussian_kernel_1d(MAP_SIGMA))
 
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """Centred patch features [B, P, D], nearest distances [B, P], nearest rows [B, P], feature grid h, w."""
         features, height, width = self.embedder(images)
+        features = self.bank.centre(features)
         batch, patches, dim = features.shape
-        flat = features.reshape(-1, dim)
-        d2, index = nearest_in_bank(flat, self.memory_bank, self.bank_sq_norms)
+        d2, index = self.bank.nearest(features.reshape(-1, dim))
         return features, d2.sqrt().reshape(batch, patches), index.reshape(batch, patches), height, width
 
     def image_scores(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -142,12 +216,9 @@ class PatchCoreGraph(nn.Module):
             return max_score
         dim = features.shape[2]
         worst = features.gather(1, max_pos.view(-1, 1, 1).expand(-1, 1, dim)).squeeze(1)  # [B, D]
-        anchor = self.memory_bank[index.gather(1, max_pos.view(-1, 1)).squeeze(1)]  # [B, D]: m*
-        anchor_d2 = (
-            (anchor * anchor).sum(dim=1, keepdim=True) - 2.0 * anchor @ self.memory_bank.t() + self.bank_sq_norms
-        )
-        _, support = anchor_d2.topk(self.num_neighbors, dim=1, largest=False)  # [B, k], m* first
-        support_features = self.memory_bank[support]  # [B, k, D]
+        anchor = self.bank.lookup(index.gather(1, max_pos.view(-1, 1)).squeeze(1))  # [B, D]: m*
+        _, support = self.bank.sq_distances(anchor).topk(self.num_neighbors, dim=1, largest=False)  # [B, k], m* first
+        support_features = self.bank.lookup(support)  # [B, k, D]
         distances = (worst.unsqueeze(1) - support_features).pow(2).sum(dim=2).clamp_min(0.0).sqrt()
         weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
         return weight * max_score
@@ -290,11 +361,34 @@ class VisionPatchCore(GraphDetector):
         self.patches_seen_ = int(features.shape[0])
         return self
 
-    def graph(self) -> PatchCoreGraph:
+    def graph(self, precision: str = "fp32") -> PatchCoreGraph:
+        """The scoring graph. precision "fp16" (for GPUs) runs the backbone, the projection and the bank
+        GEMM in float16 and keeps the normalisation, norms, minimum, image score and map in float32."""
         if not hasattr(self, "memory_bank_"):
             raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
-        graph = PatchCoreGraph(self.embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+        embedder = self.embedder
+        if precision == "fp16":
+            embedder = copy.deepcopy(self.embedder)
+            embedder.extractor.half()
+            embedder.projection = embedder.projection.half()
+        graph = PatchCoreGraph(
+            embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw, PRECISIONS[precision]
+        )
         return graph.to(self.device).eval()
+
+    def reduce_bank(self, rows: int) -> "VisionPatchCore":
+        """Keeps a greedy k-center coreset of `rows` rows of the fitted bank (a lighter, less exact model)."""
+        if not hasattr(self, "memory_bank_"):
+            raise NotFittedError("VisionPatchCore is not fitted: nothing to reduce")
+        total = int(self.memory_bank_.shape[0])
+        if not 1 <= rows < total:
+            raise ValueError(f"a reduced bank needs between 1 and {total - 1} rows (the bank has {total}), got {rows}")
+        # ceil((rows - 0.5) / total * total) == rows, whatever the float rounding.
+        keep = greedy_coreset(self.memory_bank_, (rows - 0.5) / total, self.params.seed)
+        self.memory_bank_ = self.memory_bank_[keep.to(self.memory_bank_.device)].contiguous()
+        return self
 
     def describe(self) -> dict:
         return {
