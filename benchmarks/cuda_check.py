@@ -1,9 +1,11 @@
 """The same bundle on ONNX Runtime CUDA (IOBinding) and CPU: labels, score agreement, images/s.
 
-Needs torch (to make the bundle: PatchCore with random mobilenet_v2 weights on the synthetic dataset,
-so no weights file is needed) and onnxruntime-gpu. Prints a table and writes JSON:
+Needs torch (to make the bundle: PatchCore with random weights on the synthetic dataset, so no weights
+file is needed) and onnxruntime-gpu. Prints JSON and writes it:
 
     python benchmarks/cuda_check.py --out cuda_check.json
+    # issue 5's GPU target: wide_resnet50_2, 16,384-row bank, fp16 bundle, batch 32 >= 2,000 images/s
+    python benchmarks/cuda_check.py --backbone wide_resnet50_2 --bank-rows 16384 --precision fp16 --out target.json
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="cuda_check.json")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--bank-rows", type=int, help="replace the fitted bank by this many rows (speed only)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     args = parser.parse_args()
 
     from pyimgano.config import parse_config
     from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
-    from pyimgano.export.bundle_writer import export_bundle
+    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, PARITY_RTOL, Variant, export_bundle
     from pyimgano.runtime import Engine, open_bundle
     from pyimgano.runtime.images import expand_inputs, read_rgb, to_contract
     from pyimgano.workbench.run import run_workbench
@@ -47,11 +52,16 @@ def main() -> int:
     config = parse_config({
         "seed": 0,
         "dataset": {"root": str(scratch / "data"), "category": "synthetic_texture"},
-        "model": {"device": "cpu", "preset": "industrial-balanced", "pretrained": False},
+        "model": {"device": "cpu", "preset": "industrial-balanced", "pretrained": False, "backbone": args.backbone},
         "output": {"output_dir": str(scratch / "run")},
     })
     run_workbench(config)
-    bundle_dir = export_bundle(scratch / "run", scratch / "bundles").bundle_dir
+    if args.bank_rows:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench import resize_bank
+
+        resize_bank(scratch / "run", args.bank_rows)
+    bundle_dir = export_bundle(scratch / "run", scratch / "bundles", variant=Variant(precision=args.precision)).bundle_dir
     bundle = open_bundle(bundle_dir)
     cpu, cuda = Engine(bundle, device="cpu"), Engine(bundle, device="cuda")
     assert cuda.device == "cuda", cuda.session.get_providers()
@@ -66,17 +76,22 @@ def main() -> int:
         "labels_identical": bool(np.array_equal(cpu_scores > threshold, cuda_scores > threshold)),
         "max_rel_score_diff": float((np.abs(cuda_scores - cpu_scores) / np.abs(cpu_scores)).max()),
         "max_map_diff_rel_to_max": float(np.abs(cuda_maps - cpu_maps).max() / np.abs(cpu_maps).max()),
-        "memory_bank_rows": bundle.manifest["model"]["memory_bank_rows"],
+        "backbone": args.backbone,
+        "precision": args.precision,
+        "memory_bank_rows": args.bank_rows or bundle.manifest["model"]["memory_bank_rows"],
+        "export_parity_vs_torch_fp32": bundle.manifest["parity"]["max_rel_score_diff"],
         "providers": cuda.session.get_providers(),
     }
     rng = np.random.default_rng(0)
-    for size in (1, 32):
+    for size in (1, 8, 32):
         data = rng.integers(0, 256, (size, bundle.contract.height, bundle.contract.width, 3), dtype=np.uint8)
         result[f"cuda_iobinding_images_per_s_batch{size}"] = round(images_per_second(cuda, data, args.repeats), 1)
         result[f"cpu_images_per_s_batch{size}"] = round(images_per_second(cpu, data, max(3, args.repeats // 5)), 1)
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    ok = result["labels_identical"] and result["max_rel_score_diff"] <= 1e-3
+    # CUDA against the CPU provider on the same graph (for fp16: both half precision, different kernels).
+    ok = result["max_rel_score_diff"] <= (PARITY_RTOL if args.precision == "fp32" else FP16_PARITY_RTOL)
+    ok = ok and (result["labels_identical"] or args.precision != "fp32")
     return 0 if ok else 1
 
 

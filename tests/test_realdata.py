@@ -136,3 +136,80 @@ def test_corrupt_real_image_gives_an_error_record(trained, tmp_path):
     assert "score" not in records[broken.name] and records[broken.name]["error"]
     expected = trained["onnx"][(DATA_ROOT / trained["category"] / "test" / "good" / source.name).resolve()]["score"]
     assert records[good.name]["score"] == pytest.approx(expected, rel=1e-5)
+
+
+def infer_scores(bundle: Path, category: str, out: Path) -> dict[Path, float]:
+    result = subprocess.run([SCRIPTS / "pyimgano-infer", "--bundle", bundle, "--input", DATA_ROOT / category / "test",
+                             "--save-jsonl", out, "--batch-size", "8"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return {Path(r["input"]).resolve(): r["score"] for r in map(json.loads, out.read_text().splitlines())}
+
+
+def image_auroc(scores: dict[Path, float]) -> float:
+    labels = np.array([0 if path.parent.name == "good" else 1 for path in scores])
+    return roc_auc(labels, np.array(list(scores.values())))
+
+
+def test_fp16_bundle_tracks_the_fp32_model(trained, tmp_path):
+    """Half precision (for CUDA; ONNX Runtime's CPU kernels run it too) against the fp32 bundle, every test image."""
+    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, Variant, export_bundle
+
+    exported = export_bundle(trained["run_dir"], tmp_path / "bundles", variant=Variant(precision="fp16"))
+    manifest = json.loads((exported.bundle_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and exported.bundle_dir.name.endswith("-fp16-1")
+    assert manifest["parity"]["max_rel_score_diff"] <= FP16_PARITY_RTOL
+    fp16 = infer_scores(exported.bundle_dir, trained["category"], tmp_path / "fp16.jsonl")
+    fp32 = {path: record["score"] for path, record in trained["onnx"].items()}
+    assert set(fp16) == set(fp32)
+    relative = np.array([abs(fp16[p] - fp32[p]) / abs(fp32[p]) for p in fp32])
+    change = image_auroc(fp16) - image_auroc(fp32)
+    print(f"\n{trained['category']} fp16: max relative score change {relative.max():.2e}, image AUROC change {change:+.4f}")
+    assert relative.max() <= FP16_PARITY_RTOL
+    assert abs(change) <= 0.005
+    # The file holds half-precision weights and bank: about half the fp32 graph's size.
+    fp32_size = (Path(str(trained["archive"]).removesuffix(".zip")) / "model.onnx").stat().st_size
+    assert (exported.bundle_dir / "model.onnx").stat().st_size <= 0.6 * fp32_size
+
+
+def test_reduced_bank_bundle_is_recalibrated(trained, tmp_path):
+    """--bank-rows: a coreset of the fitted bank, thresholds recalibrated, quality measured on every test image."""
+    from pyimgano.export.bundle_writer import ExportError, Variant, export_bundle
+
+    fitted_rows = trained["report"]["model"]["memory_bank_rows"]
+    rows = fitted_rows // 2
+    exported = export_bundle(trained["run_dir"], tmp_path / "bundles", variant=Variant(bank_rows=rows))
+    manifest = json.loads((exported.bundle_dir / "manifest.json").read_text())
+    assert manifest["model"]["memory_bank_rows"] == rows
+    assert manifest["model"]["memory_bank_fitted_rows"] == fitted_rows
+    assert manifest["parity"]["max_rel_score_diff"] <= 1e-3 and manifest["parity"]["labels_identical"]
+    # A subset of the bank can only be farther from a patch: the normal-pixel threshold cannot fall.
+    run_thresholds = trained["report"]["thresholds"]
+    assert manifest["thresholds"]["pixel"]["value"] >= run_thresholds["pixel"]["value"]
+    assert manifest["thresholds"]["pixel"]["source"].endswith(f"with the {rows}-row bank")
+    reduced = infer_scores(exported.bundle_dir, trained["category"], tmp_path / "reduced.jsonl")
+    full = {path: record["score"] for path, record in trained["onnx"].items()}
+    change = image_auroc(reduced) - image_auroc(full)
+    print(f"\n{trained['category']} bank {fitted_rows} -> {rows} rows: image AUROC change {change:+.4f}")
+    assert change >= -0.02
+    with pytest.raises(ExportError, match=f"between 1 and {fitted_rows - 1} rows"):
+        export_bundle(trained["run_dir"], tmp_path / "refused", variant=Variant(bank_rows=fitted_rows))
+
+
+def test_int8_bundle_is_recalibrated_and_tracks_the_fp32_model(trained, tmp_path):
+    """int8 convolutions and bank search (for CPUs with VNNI), thresholds recalibrated with the int8 graph."""
+    from pyimgano.export.bundle_writer import INT8_PARITY_RTOL, Variant, export_bundle
+
+    exported = export_bundle(trained["run_dir"], tmp_path / "bundles", variant=Variant(precision="int8"))
+    manifest = json.loads((exported.bundle_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and exported.bundle_dir.name.endswith("-int8-1")
+    assert manifest["model"]["quantization"]["search_gemms_int8"] >= 1
+    assert manifest["parity"]["max_rel_score_diff"] <= INT8_PARITY_RTOL
+    assert manifest["thresholds"]["image"]["source"].endswith("with the int8 graph")
+    int8 = infer_scores(exported.bundle_dir, trained["category"], tmp_path / "int8.jsonl")
+    fp32 = {path: record["score"] for path, record in trained["onnx"].items()}
+    relative = np.array([abs(int8[p] - fp32[p]) / abs(fp32[p]) for p in fp32])
+    change = image_auroc(int8) - image_auroc(fp32)
+    print(f"\n{trained['category']} int8: median / max relative score change {np.median(relative):.2e} / "
+          f"{relative.max():.2e}, image AUROC change {change:+.4f}")
+    assert np.median(relative) <= INT8_PARITY_RTOL
+    assert change >= -0.01

@@ -6,7 +6,15 @@ so both thresholds come from train/good images kept out of the bank.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
+
+from pyimgano.config import WorkbenchConfig
+from pyimgano.runtime.defects import normal_pixel_quantiles
+from pyimgano.runtime.postprocess import NormalizationStats, apply_postprocess, calibrate_normalization
+from pyimgano.workbench.scoring import ImageScoring
 
 
 def score_summary(values: np.ndarray) -> dict:
@@ -34,3 +42,36 @@ def quantile_threshold(values: np.ndarray, quantile: float, method: str, source:
         "score_summary": score_summary(values),
         "source": source,
     }
+
+
+def image_quantile(config: WorkbenchConfig) -> float:
+    if config.calibration.image_quantile is not None:
+        return config.calibration.image_quantile
+    return 1.0 - config.model.contamination
+
+
+@dataclass(frozen=True)
+class Calibration:
+    thresholds: dict  # image, pixel and the normal-pixel quantile table, as the report and manifest carry them
+    normalization: NormalizationStats | None  # map normalisation statistics, when the config post-processes maps
+
+
+def calibrate(
+    scoring: ImageScoring, load: Callable[[slice], list[np.ndarray]], count: int, config: WorkbenchConfig, source: str
+) -> Calibration:
+    """Scores `count` held-out normal images and calibrates both thresholds (and the map normalisation,
+    first, so that the pixel threshold is in the post-processed units the edge sees)."""
+    postprocess = config.adaptation.postprocess
+    scores, maps = scoring.predict(load, count, "calibration")
+    stats = calibrate_normalization(maps, postprocess) if postprocess else None
+    if postprocess:
+        maps = [apply_postprocess(m, postprocess, stats) for m in maps]
+    normal_pixels = np.concatenate([m.ravel() for m in maps])
+    del maps
+    thresholds = {
+        "image": quantile_threshold(scores, image_quantile(config), "normal_score_quantile", source),
+        "pixel": quantile_threshold(normal_pixels, config.calibration.pixel_quantile, "normal_pixel_quantile", source),
+        # Lets deployment pick another pixel quantile (strategy normal_pixel_quantile) without refitting.
+        "normal_pixel_quantiles": normal_pixel_quantiles(normal_pixels),
+    }
+    return Calibration(thresholds, stats)

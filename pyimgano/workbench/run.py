@@ -17,11 +17,10 @@ from pyimgano.config import ConfigError, WorkbenchConfig, to_json
 from pyimgano.data.mvtec import CategorySplit, DatasetError, Sample
 from pyimgano.data.sources import list_dataset_categories, load_dataset_split
 from pyimgano.models.registry import get_model
-from pyimgano.runtime.defects import normal_pixel_quantiles
 from pyimgano.runtime.images import ImageReadError, InputContract, read_mask, read_rgb
-from pyimgano.runtime.postprocess import apply_postprocess, calibrate_normalization
+from pyimgano.runtime.postprocess import apply_postprocess
 from pyimgano.workbench import artifacts, checkpoint
-from pyimgano.workbench.calibration import quantile_threshold
+from pyimgano.workbench.calibration import calibrate
 from pyimgano.workbench.scoring import ImageScoring
 
 
@@ -59,12 +58,6 @@ def partition(split: CategorySplit, config: WorkbenchConfig) -> Partition:
     if config.dataset.limit_test is not None:
         test = sorted(rng.sample(test, min(config.dataset.limit_test, len(test))), key=lambda s: str(s.path))
     return Partition(fit=train[holdout_count:], holdout=train[:holdout_count], test=test)
-
-
-def image_quantile(config: WorkbenchConfig) -> float:
-    if config.calibration.image_quantile is not None:
-        return config.calibration.image_quantile
-    return 1.0 - config.model.contamination
 
 
 def read_images(samples: list[Sample]) -> list[np.ndarray]:
@@ -146,20 +139,9 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
 
     postprocess = config.adaptation.postprocess
     mode = config.dataset.input_mode
-    holdout_scores, holdout_maps = scoring.predict(image_loader(parts.holdout, mode), len(parts.holdout), "calibration")
-    stats = calibrate_normalization(holdout_maps, postprocess) if postprocess else None
-    if postprocess:
-        holdout_maps = [apply_postprocess(m, postprocess, stats) for m in holdout_maps]
     source = f"{len(parts.holdout)} held-out train/good images of {category}"
-    normal_pixels = np.concatenate([m.ravel() for m in holdout_maps])
-    thresholds = {
-        "image": quantile_threshold(holdout_scores, image_quantile(config), "normal_score_quantile", source),
-        "pixel": quantile_threshold(normal_pixels, config.calibration.pixel_quantile, "normal_pixel_quantile", source),
-        # Lets deployment pick another pixel quantile (strategy normal_pixel_quantile) without refitting.
-        "normal_pixel_quantiles": normal_pixel_quantiles(normal_pixels),
-    }
-    del normal_pixels
-    del holdout_maps
+    calibration = calibrate(scoring, image_loader(parts.holdout, mode), len(parts.holdout), config, source)
+    thresholds, stats = calibration.thresholds, calibration.normalization
 
     started = time.perf_counter()
     scores, maps = scoring.predict(image_loader(parts.test, mode), len(parts.test), "evaluation")
