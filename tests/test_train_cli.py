@@ -114,3 +114,39 @@ def test_same_config_same_scores(tmp_path, small_dataset):
         per_image = tmp_path / name / "run" / "categories" / "synthetic_texture" / "per_image.jsonl"
         scores.append([json.loads(line)["score"] for line in per_image.read_text().splitlines()])
     assert scores[0] == scores[1]
+
+
+def test_export_variants_through_the_cli(tmp_path, small_dataset):
+    """--precision and --bank-rows: what a user sees for a good request and for each refusal."""
+    path = write_config(tmp_path, dataset={"root": str(small_dataset), "resize": [64, 64]},
+                        model={"preset": "industrial-fast"})
+    assert CliRunner().invoke(train_main, ["--config", str(path)]).exit_code == ExitCode.OK
+    run = tmp_path / "run"
+    rows = json.loads((run / "categories" / "synthetic_texture" / "report.json").read_text())["model"]["memory_bank_rows"]
+
+    exported = CliRunner().invoke(export_main, ["--from-run", str(run), "--out", str(tmp_path / "b"),
+                                                "--precision", "int8", "--bank-rows", str(rows // 2)])
+    assert exported.exit_code == ExitCode.OK, exported.output
+    bundle = tmp_path / "b" / f"patchcore-mobilenet_v2-synthetic_texture-int8-bank{rows // 2}-1"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["model"]["memory_bank_rows"] == rows // 2
+    assert manifest["thresholds"]["image"]["source"].endswith("with the int8 graph")
+
+    too_many = CliRunner().invoke(export_main, ["--from-run", str(run), "--out", str(tmp_path / "c"),
+                                                "--bank-rows", str(rows)])
+    assert too_many.exit_code == ExitCode.DATA_ERROR
+    assert f"--bank-rows {rows}: a reduced bank needs between 1 and {rows - 1} rows" in too_many.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+    unknown = CliRunner().invoke(export_main, ["--from-run", str(run), "--out", str(tmp_path / "d"), "--precision", "fp8"])
+    assert unknown.exit_code == ExitCode.USAGE and "'fp8' is not one of 'fp32', 'fp16', 'int8'" in unknown.output
+
+
+def test_precision_variants_are_patchcore_only(tmp_path, small_dataset):
+    path = write_config(tmp_path, dataset={"root": str(small_dataset), "resize": [64, 64]},
+                        model={"name": "vision_padim", "n_features": 50})
+    assert CliRunner().invoke(train_main, ["--config", str(path)]).exit_code == ExitCode.OK
+    for flags, message in ((["--precision", "fp16"], "precision fp16 is implemented for vision_patchcore only"),
+                           (["--bank-rows", "10"], "--bank-rows applies to memory-bank models")):
+        result = CliRunner().invoke(export_main, ["--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "b"), *flags])
+        assert result.exit_code == ExitCode.DATA_ERROR and message in result.output, result.output
