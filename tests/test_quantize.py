@@ -75,3 +75,14 @@ def test_graph_without_bank_search_is_refused(tmp_path):
     model = export(Plain(), torch.zeros(2, 4), tmp_path / "plain.onnx")
     with pytest.raises(QuantizeError, match="bank.rows_"):
         quantize_bank_search(model)
+
+
+@pytest.mark.parametrize(("groups", "expected"), [(1, True), (8, False)])
+def test_convolutions_are_quantized_only_without_grouped_ones(tmp_path, groups, expected):
+    """Depthwise backbones (mobilenet_v2) keep fp32 convolutions: int8 made them slower and less exact."""
+    from pyimgano.export.quantize import quantizes_convolutions
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=groups))
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(path), opset_version=17, dynamo=False)
+    assert quantizes_convolutions(onnx.load(str(path))) is expected

@@ -107,12 +107,12 @@ class MemoryBank(nn.Module):
 
     Chunks bound the (queries x rows) distance block that a search holds. Every use (nearest-neighbour
     search, row lookup, the anchor's neighbourhood) reads the same chunk tensors, so the exported file
-    holds each row once. Centring changes no distance, but it shrinks the norms in
-    ||q||^2 + ||b||^2 - 2 q.b, whose cancellation otherwise costs fp32 digits (and overflows fp16) when
-    the nearest distance is small against the norms, as it is for normal patches.
+    holds each row once. Centring changes no distance, but it shrinks the norms in the ranking key
+    ||b||^2 - 2 q.b, whose cancellation otherwise costs digits (and overflows fp16) when the nearest
+    distance is small against the norms, as it is for normal patches.
 
-    `dtype` float16 stores the rows in half precision and runs the q.b GEMM in it; the norms, the sums and
-    the minimum stay in float32.
+    `dtype` float16 stores the rows in half precision and runs the q.b GEMM in it; the norms, the sums,
+    the minimum and the distances stay in float32.
     """
 
     def __init__(self, bank: torch.Tensor, dtype: torch.dtype = torch.float32, chunk_rows: int | None = None):
@@ -125,8 +125,6 @@ class MemoryBank(nn.Module):
             self.register_buffer(f"rows_{number}", stored)
             self.register_buffer(f"sq_norms_{number}", stored.float().pow(2).sum(dim=1))
             self.starts.append(number * chunk_rows)
-        self.total_rows = int(bank.shape[0])
-        self.dim = int(bank.shape[1])
 
     def chunks(self):
         for number, start in enumerate(self.starts):
@@ -289,6 +287,7 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
         selected.extend(int(row) for row in chosen_rows)
         progress.update(len(chosen))
         centres = reduced[chosen_rows]
+        centres_sq = reduced_sq[chosen_rows]
         # Triangle inequality: a new centre c can only come closer to row x than x's nearest centre a if
         # d(a, c) < 2 d(x, a). Late in the selection most rows are already close to their centre, so only
         # the rows that may change are recomputed (the result is the same as updating every row).
@@ -300,7 +299,11 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int) -> torch.Ten
         # Row chunks keep the [rows, centres] block cache-sized instead of one pass over a huge matrix.
         for start in range(0, rows.numel(), CORESET_UPDATE_ROWS):
             part = rows[start : start + CORESET_UPDATE_ROWS]
-            new_d2, new_index = _sq_dist_to(reduced[part], reduced_sq[part], centres).clamp_min(0.0).min(dim=1)
+            # One fused GEMM + broadcast add and one pass for the minimum; each row's own norm does not
+            # change which centre is nearest, so it is added to the [rows] minimum, not the block.
+            partial = torch.addmm(centres_sq.unsqueeze(0), reduced[part], centres.t(), beta=1.0, alpha=-2.0)
+            new_d2, new_index = partial.min(dim=1)
+            new_d2 = (new_d2 + reduced_sq[part]).clamp_min(0.0)
             closer = new_d2 < min_d2[part]
             min_d2[part] = torch.where(closer, new_d2, min_d2[part])
             nearest[part] = torch.where(closer, new_index + offset, nearest[part])
