@@ -92,13 +92,46 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+# A high quantile is selected among the values above a pivot estimated from every STRIDE-th value.
+HIGH_QUANTILE_STRIDE = 16
+
+
+def high_quantile(values: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (linear interpolation), for q near 1 on large arrays, in a fraction of its
+    time: only the values above a pivot estimated from a strided sample are partitioned, and a full
+    partition is the fallback when the pivot leaves too few. At 256x256 this is what made the record's
+    map statistics 9% of pyimgano-infer's wall time with a small bank."""
+    flat = values.ravel()
+    count = flat.size
+    position = q * (count - 1)
+    low = int(position)
+    needed = count - low  # the order statistics low .. count-1 are the `needed` largest values
+    if count >= 64 * HIGH_QUANTILE_STRIDE:
+        sample = flat[::HIGH_QUANTILE_STRIDE]
+        # Aim the pivot at about 4x the needed share, so it holds on all but pathological arrays.
+        pivot = np.quantile(sample, max(0.0, 1.0 - 4.0 * needed / count))
+        top = flat[flat >= pivot]
+        if top.size >= needed:
+            low_in_top = top.size - needed
+            selected = np.partition(top, [low_in_top, min(low_in_top + 1, top.size - 1)])
+            return _lerp(selected[low_in_top], selected[min(low_in_top + 1, top.size - 1)], position - low)
+    return float(np.quantile(flat, q))
+
+
+def _lerp(below: float, above: float, fraction: float) -> float:
+    """numpy's linear-quantile interpolation, in its own (symmetric) form."""
+    if fraction >= 0.5:
+        return float(above - (above - below) * (1.0 - fraction))
+    return float(below + (above - below) * fraction)
+
+
 def map_stats(anomaly_map: np.ndarray) -> dict:
     return {
         "shape": list(anomaly_map.shape),
         "min": float(anomaly_map.min()),
         "max": float(anomaly_map.max()),
         "mean": float(anomaly_map.mean()),
-        "p99": float(np.quantile(anomaly_map, 0.99)),
+        "p99": high_quantile(anomaly_map, 0.99),
     }
 
 

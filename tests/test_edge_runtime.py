@@ -209,3 +209,22 @@ def test_no_matching_input_is_a_usage_error(edge_fixture, tmp_path):
     result = run_infer("--bundle", str(edge_fixture["bundle_dir"]), "--input", str(tmp_path / "*.png"))
     assert result.returncode == ExitCode.USAGE
     assert "no images found" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["uniform", "constant", "small", "ascending", "descending", "three_levels", "normal_1k"])
+def test_high_quantile_equals_numpys(case):
+    """The record's map p99 takes a shortcut (a pivot from a strided sample); it must give numpy's answer."""
+    from pyimgano.runtime.inference import high_quantile
+
+    rng = np.random.default_rng(0)
+    values = {
+        "uniform": lambda: rng.random((256, 256), dtype=np.float32),
+        "constant": lambda: np.zeros((256, 256), np.float32),
+        "small": lambda: rng.random(100, dtype=np.float32),  # below the sampling size: plain np.quantile
+        "ascending": lambda: np.sort(rng.random(70000)).astype(np.float32),  # the sample misses the top
+        "descending": lambda: np.sort(rng.random(70000))[::-1].astype(np.float32).copy(),
+        "three_levels": lambda: rng.integers(0, 3, (300, 300)).astype(np.float32),  # ties at the pivot
+        "normal_1k": lambda: rng.standard_normal((1024, 1024)).astype(np.float32),
+    }[case]()
+    for q in (0.9, 0.99, 0.999):
+        assert high_quantile(values, q) == pytest.approx(float(np.quantile(values, q)), rel=1e-6, abs=1e-12)
