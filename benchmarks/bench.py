@@ -169,7 +169,8 @@ def main() -> int:
     import cv2
 
     from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
-    from pyimgano.export.bundle_writer import Variant, export_bundle
+    from pyimgano.export.bundle_writer import export_bundle
+    from pyimgano.export.variants import Variant
     from pyimgano.workbench.serve import RunSource
 
     work = Path(tempfile.mkdtemp(prefix="pyimgano-bench-"))

@@ -42,7 +42,8 @@ def main() -> int:
 
     from pyimgano.config import parse_config
     from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
-    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, PARITY_RTOL, Variant, export_bundle
+    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, PARITY_RTOL, export_bundle
+    from pyimgano.export.variants import Variant
     from pyimgano.runtime import Engine, open_bundle
     from pyimgano.runtime.images import expand_inputs, read_rgb, to_contract
     from pyimgano.workbench.run import run_workbench

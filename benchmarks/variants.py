@@ -23,7 +23,8 @@ import numpy as np
 
 from pyimgano.config import parse_config
 from pyimgano.data.sources import load_dataset_split
-from pyimgano.export.bundle_writer import Variant, export_bundle
+from pyimgano.export.bundle_writer import export_bundle
+from pyimgano.export.variants import Variant
 from pyimgano.runtime import Engine, open_bundle
 from pyimgano.runtime.postprocess import apply_postprocess
 from pyimgano.runtime.scoring import score_images

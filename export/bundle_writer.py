@@ -7,15 +7,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 from pyimgano import __version__
 from pyimgano.config import WorkbenchConfig
 from pyimgano.data.mvtec import Sample, load_images
-from pyimgano.runtime.images import read_rgb
 from pyimgano.export.quantize import CALIBRATION_IMAGES, QuantizeError, quantize_int8
+from pyimgano.export.variants import OnnxScorer, Variant, VariantError, recalibrate, reduce_bank
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
 from pyimgano.runtime.bundle import (
     FORMAT_NAME,
@@ -28,8 +26,6 @@ from pyimgano.runtime.bundle import (
 )
 from pyimgano.workbench.serve import RunError, load_detector, load_run
 from pyimgano.workbench.artifacts import utc_now, write_json
-from pyimgano.workbench.calibration import calibrate
-from pyimgano.workbench.scoring import ImageScoring
 from pyimgano.workbench.run import input_contract
 
 # The bundle's image scores may differ from the fp32 torch model's by at most this, relative, on the
@@ -69,64 +65,6 @@ def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
         records.sort(key=lambda record: -record["label"])
         samples += [Sample(Path(r["path"]), r["label"], r["defect_type"], None) for r in records[:PARITY_TEST_IMAGES]]
     return samples
-
-
-@dataclass(frozen=True)
-class Variant:
-    """How a bundle departs from the run's model: the graph precision, and optionally a smaller bank."""
-
-    precision: str = "fp32"
-    bank_rows: int | None = None
-
-    def suffix(self) -> str:
-        parts = [self.precision] if self.precision != "fp32" else []
-        return "-".join(parts + ([f"bank{self.bank_rows}"] if self.bank_rows else []))
-
-
-class OnnxScorer:
-    """An exported graph as the detector ImageScoring drives, so that an int8 graph's thresholds are
-    calibrated on its own scores."""
-
-    trains = False
-    batch_size = 8
-
-    def __init__(self, onnx_path: Path):
-        options = ort.SessionOptions()
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self.session.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images[start : start + self.batch_size]})
-                 for start in range(0, len(images), self.batch_size)]
-        return tuple(np.concatenate(outputs).astype(np.float32) for outputs in zip(*parts))
-
-
-def recalibrate(scorer, config: WorkbenchConfig, report: dict, how: str) -> dict:
-    """The report with thresholds and normalisation statistics calibrated again on the run's held-out
-    images, scored by `scorer` (a variant's scores differ from the run's, so its thresholds must too)."""
-    holdout = [Path(path) for path in report["calibration_images"]]
-    scoring = ImageScoring(scorer, input_contract(config), config.adaptation.tiling, batch_size=64)
-    source = f"{len(holdout)} held-out train/good images of {report['category']}, {how}"
-    calibration = calibrate(scoring, lambda part: [read_rgb(path) for path in holdout[part]], len(holdout), config, source)
-    post = report["map_postprocess"]
-    stats = calibration.normalization.to_json() if calibration.normalization else None
-    return {**report, "thresholds": calibration.thresholds, "map_postprocess": {**post, "stats": stats} if post else None}
-
-
-def reduce_bank(detector, config: WorkbenchConfig, report: dict, rows: int) -> dict:
-    """Shrinks the detector's bank to `rows` rows and recalibrates (a smaller bank raises every distance,
-    so the run's thresholds would no longer hold); returns the report with the new bank size."""
-    if not hasattr(detector, "reduce_bank"):
-        raise ExportError(f"--bank-rows applies to memory-bank models; {config.model.name} has none")
-    fitted_rows = int(report["model"]["memory_bank_rows"])
-    try:
-        detector.reduce_bank(rows)
-    except ValueError as exc:
-        raise ExportError(f"--bank-rows {rows}: {exc}") from exc
-    report = recalibrate(detector, config, report, f"with the {rows}-row bank")
-    report["model"] = {**report["model"], "memory_bank_rows": rows, "memory_bank_fitted_rows": fitted_rows,
-                       "memory_bank_selection": "greedy k-center coreset of the fitted bank, at export"}
-    return report
 
 
 def build_manifest(
@@ -201,7 +139,10 @@ def export_bundle(
     contract = input_contract(config)
     detector = load_detector(run_dir, config, report, torch.device("cpu"))
     if variant.bank_rows:
-        report = reduce_bank(detector, config, report, variant.bank_rows)
+        try:
+            report = reduce_bank(detector, config, report, variant.bank_rows)
+        except VariantError as exc:
+            raise ExportError(str(exc)) from exc
     reference = detector.graph()
     if variant.precision != "fp32" and config.model.name != "vision_patchcore":
         raise ExportError(f"precision {variant.precision} is implemented for vision_patchcore only, not {config.model.name}")

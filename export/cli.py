@@ -16,7 +16,8 @@ def export_or_exit(
     """Exports one bundle and prints where it went; on failure prints why and exits with its code."""
     from pyimgano.config import ConfigError
     from pyimgano.data.mvtec import DatasetError
-    from pyimgano.export.bundle_writer import ExportError, ParityError, Variant, export_bundle
+    from pyimgano.export.bundle_writer import ExportError, ParityError, export_bundle
+    from pyimgano.export.variants import Variant
     from pyimgano.models.backbones import WeightsNotFoundError
     from pyimgano.workbench.checkpoint import CheckpointError
 

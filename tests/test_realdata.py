@@ -152,7 +152,8 @@ def image_auroc(scores: dict[Path, float]) -> float:
 
 def test_fp16_bundle_tracks_the_fp32_model(trained, tmp_path):
     """Half precision (for CUDA; ONNX Runtime's CPU kernels run it too) against the fp32 bundle, every test image."""
-    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, Variant, export_bundle
+    from pyimgano.export.bundle_writer import FP16_PARITY_RTOL, export_bundle
+    from pyimgano.export.variants import Variant
 
     exported = export_bundle(trained["run_dir"], tmp_path / "bundles", variant=Variant(precision="fp16"))
     manifest = json.loads((exported.bundle_dir / "manifest.json").read_text())
@@ -173,7 +174,8 @@ def test_fp16_bundle_tracks_the_fp32_model(trained, tmp_path):
 
 def test_reduced_bank_bundle_is_recalibrated(trained, tmp_path):
     """--bank-rows: a coreset of the fitted bank, thresholds recalibrated, quality measured on every test image."""
-    from pyimgano.export.bundle_writer import ExportError, Variant, export_bundle
+    from pyimgano.export.bundle_writer import ExportError, export_bundle
+    from pyimgano.export.variants import Variant
 
     fitted_rows = trained["report"]["model"]["memory_bank_rows"]
     rows = fitted_rows // 2
@@ -197,7 +199,8 @@ def test_reduced_bank_bundle_is_recalibrated(trained, tmp_path):
 
 def test_int8_bundle_is_recalibrated_and_tracks_the_fp32_model(trained, tmp_path):
     """int8 convolutions and bank search (for CPUs with VNNI), thresholds recalibrated with the int8 graph."""
-    from pyimgano.export.bundle_writer import INT8_PARITY_RTOL, Variant, export_bundle
+    from pyimgano.export.bundle_writer import INT8_PARITY_RTOL, export_bundle
+    from pyimgano.export.variants import Variant
 
     exported = export_bundle(trained["run_dir"], tmp_path / "bundles", variant=Variant(precision="int8"))
     manifest = json.loads((exported.bundle_dir / "manifest.json").read_text())
