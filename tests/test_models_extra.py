@@ -37,7 +37,7 @@ from pyimgano.models.padim import (  # noqa: E402
     resolve_padim,
 )
 from pyimgano.models.base import NotFittedError  # noqa: E402
-from pyimgano.models.patchcore import MAP_SIGMA  # noqa: E402
+from pyimgano.models.maps import MAP_SIGMA  # noqa: E402
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
 

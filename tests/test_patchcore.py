@@ -33,9 +33,9 @@ from pyimgano.models.patchcore import (  # noqa: E402
     PatchCoreParams,
     VisionPatchCore,
     adaptive_pool_matrix,
-    gaussian_kernel_1d,
     greedy_coreset,
 )
+from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d  # noqa: E402
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
 
@@ -318,7 +318,7 @@ def test_anomaly_map_shape_location_and_reference(fitted):
         assert (mr >= HW // 2, mc >= HW // 2) == expected_quadrant
         # Full map: bilinear upsampling (half-pixel centres) then a sigma-4 Gaussian, mirrored borders.
         up = cv2.resize(grids[i], (HW, HW), interpolation=cv2.INTER_LINEAR)
-        ref = gaussian_filter(up, sigma=patchcore.MAP_SIGMA, mode="mirror", truncate=4.0)
+        ref = gaussian_filter(up, sigma=MAP_SIGMA, mode="mirror", truncate=4.0)
         np.testing.assert_allclose(maps[i], ref, rtol=1e-3, atol=1e-4 * float(grids[i].max()))
 
 

@@ -31,8 +31,7 @@ from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
 from pyimgano.models.base import GraphDetector, NotFittedError
-from pyimgano.models.padim import upsample_and_smooth
-from pyimgano.models.patchcore import MAP_SIGMA, gaussian_kernel_1d
+from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d, upsample_and_smooth
 from pyimgano.runtime.images import InputContract
 
 DEFAULT_EPOCHS = 5

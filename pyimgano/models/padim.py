@@ -36,7 +36,7 @@ from pyimgano.models.backbones import (
     preset_and_backbone,
 )
 from pyimgano.models.base import GraphDetector, NotFittedError
-from pyimgano.models.patchcore import MAP_SIGMA, gaussian_kernel_1d
+from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d, upsample_and_smooth
 from pyimgano.runtime.images import InputContract
 
 # Added to every covariance before inversion (the paper's regulariser).
@@ -54,19 +54,6 @@ PADIM_PRESETS: dict[str, dict] = {
     "industrial-fast": {"backbone": "mobilenet_v2", "n_features": 50},
     "industrial-balanced": {"backbone": "mobilenet_v2", "n_features": 100},
 }
-
-
-def upsample_and_smooth(grid: torch.Tensor, input_hw: tuple[int, int], blur: torch.Tensor) -> torch.Tensor:
-    """[B, 1, h, w] -> [B, H, W]: bilinear upsampling (half-pixel centres) then a separable Gaussian,
-    mirrored borders. The same post-processing as PatchCoreGraph.anomaly_maps."""
-    maps = grid
-    if tuple(grid.shape[2:]) != tuple(input_hw):
-        maps = F.interpolate(grid, size=input_hw, mode="bilinear", align_corners=False)
-    radius = (blur.shape[0] - 1) // 2
-    maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-    maps = F.conv2d(maps, blur.view(1, 1, -1, 1))
-    maps = F.conv2d(maps, blur.view(1, 1, 1, -1))
-    return maps[:, 0]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Two pieces: `PatchCoreGraph`, the whole scoring path as one exportable torch mod
 in, image scores and anomaly maps out, memory bank inside), and `VisionPatchCore`, the detector with
 the scikit-learn contract (parameters in `__init__`, fitted state ending in `_`, `fit` returns self).
 The graph is written only in ops that export to ONNX: matmul distances with precomputed norms, a
-bank walked in fixed chunks to bound memory, a separable Gaussian blur as two convolutions.
+bank walked in fixed chunks to bound memory, and the map step shared by every model (models/maps.py).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from torch import nn
 
 from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
 from pyimgano.models.base import GraphDetector, NotFittedError
+from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d, upsample_and_smooth
 from pyimgano.runtime.progress import Progress, track
 
 # Graph precisions: the dtype of the backbone, projection and bank GEMM (everything else is float32).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096
-# The paper smooths the upsampled map with a Gaussian of sigma 4 pixels.
-MAP_SIGMA = 4.0
 # Coreset selection works on a random projection of this width (the paper's Johnson-Lindenstrauss step).
 CORESET_PROJECTION_DIM = 128
 # Batched greedy: at most this many centres per pass over all rows, about CORESET_ROUNDS_HINT passes in
@@ -50,13 +49,6 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
         stop = -((-(j + 1) * in_dim) // out_dim)  # ceil((j+1) * in / out)
         matrix[start:stop, j] = 1.0 / (stop - start)
     return matrix
-
-
-def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
-    radius = int(4.0 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
-    return kernel / kernel.sum()
 
 
 class PatchEmbedder(nn.Module):
@@ -222,13 +214,7 @@ class PatchCoreGraph(nn.Module):
         return weight * max_score
 
     def anomaly_maps(self, scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        grid = scores.reshape(-1, 1, height, width)
-        maps = F.interpolate(grid, size=self.input_hw, mode="bilinear", align_corners=False)
-        radius = (self.blur.shape[0] - 1) // 2
-        maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-        maps = F.conv2d(maps, self.blur.view(1, 1, -1, 1))
-        maps = F.conv2d(maps, self.blur.view(1, 1, 1, -1))
-        return maps[:, 0]
+        return upsample_and_smooth(scores.reshape(-1, 1, height, width), self.input_hw, self.blur)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, scores, index, height, width = self.patch_scores(images)
