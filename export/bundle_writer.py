@@ -158,16 +158,23 @@ def export_bundle(
     try:
         onnx_path = staging / "model.onnx"
         export_graph(exported, contract.height, contract.width, onnx_path)
+        # The run's held-out images come first among the parity images: int8 calibrates on them too.
+        images = load_images(parity_samples(run_dir, category, report), contract)
         quantization = None
         if variant.precision == "int8":
-            holdout = [Sample(Path(path), 0, "good", None) for path in report["calibration_images"]]
-            calibration_images = load_images(holdout[:CALIBRATION_IMAGES], contract)
+            holdout_count = min(CALIBRATION_IMAGES, len(report["calibration_images"]))
             try:
-                quantization = quantize_int8(onnx_path, INPUT_NAME, calibration_images)
+                quantization = quantize_int8(onnx_path, INPUT_NAME, images[:holdout_count])
             except QuantizeError as exc:
                 raise ExportError(f"int8: {exc}") from exc
-        images = load_images(parity_samples(run_dir, category, report), contract)
-        # Against the fp32 torch model, at the threshold it was calibrated with.
+            report["model"] = {**report["model"], "quantization": quantization}
+        # A variant whose scores move gets thresholds of its own, calibrated once, on what the bundle ships.
+        how = [f"with the {variant.bank_rows}-row bank"] if variant.bank_rows else []
+        if quantization:
+            report = recalibrate(OnnxScorer(onnx_path), config, report, ", ".join(how + ["with the int8 graph"]))
+        elif variant.bank_rows:
+            report = recalibrate(detector, config, report, ", ".join(how))
+        # Against the fp32 torch model, at the bundle's image threshold.
         parity = measure_parity(reference, onnx_path, images, report["thresholds"]["image"]["value"])
         rtol = PARITY_RTOLS[variant.precision]
         parity.update(rtol=rtol, reference="torch fp32", enforced=enforce_parity)
@@ -179,9 +186,6 @@ def export_bundle(
                 f"{parity['max_rel_score_diff']:.3g} (limit {rtol}), labels identical: {parity['labels_identical']}; "
                 "no bundle written"
             )
-        if quantization:
-            report = recalibrate(OnnxScorer(onnx_path), config, report, "with the int8 graph")
-            report["model"] = {**report["model"], "quantization": quantization}
         # infer_config.json repeats manifest fields; write it first so the manifest can checksum it.
         manifest = build_manifest(name, version, config, category, report, parity, files={}, precision=variant.precision)
         write_json(staging / "infer_config.json", infer_config(manifest))

@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from pyimgano.runtime.engine import session_options
+
 OPSET = 17
 INPUT_NAME = "images"
 SCORE_NAME = "scores"
@@ -40,9 +42,7 @@ def export_graph(graph: torch.nn.Module, height: int, width: int, path: Path) ->
 
 def measure_parity(graph: torch.nn.Module, onnx_path: Path, images: np.ndarray, threshold: float) -> dict:
     """Scores and maps of the same uint8 images through torch and ONNX Runtime (CPU), compared."""
-    options = ort.SessionOptions()
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # as the engine runs it
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"])
     torch_parts, onnx_parts = [], []
     # Batches bound the (patches x bank chunk) distance blocks on both sides.
     for start in range(0, len(images), PARITY_BATCH):

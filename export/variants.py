@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from pyimgano.config import WorkbenchConfig
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, SCORE_NAME
+from pyimgano.runtime.engine import session_options
 from pyimgano.runtime.images import read_rgb
 from pyimgano.workbench.calibration import calibrate
 from pyimgano.workbench.run import input_contract
@@ -42,9 +43,7 @@ class OnnxScorer:
     batch_size = 8
 
     def __init__(self, onnx_path: Path):
-        options = ort.SessionOptions()
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"])
 
     def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [self.session.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images[start : start + self.batch_size]})
@@ -65,8 +64,8 @@ def recalibrate(scorer, config: WorkbenchConfig, report: dict, how: str) -> dict
 
 
 def reduce_bank(detector, config: WorkbenchConfig, report: dict, rows: int) -> dict:
-    """Shrinks the detector's bank to `rows` rows and recalibrates (a smaller bank raises every distance,
-    so the run's thresholds would no longer hold); returns the report with the new bank size."""
+    """Shrinks the detector's bank to `rows` rows; returns the report with the new bank size. A smaller
+    bank raises every distance, so the bundle must be recalibrated (`recalibrate`) before it ships."""
     if not hasattr(detector, "reduce_bank"):
         raise VariantError(f"--bank-rows applies to memory-bank models; {config.model.name} has none")
     fitted_rows = int(report["model"]["memory_bank_rows"])
@@ -74,7 +73,6 @@ def reduce_bank(detector, config: WorkbenchConfig, report: dict, rows: int) -> d
         detector.reduce_bank(rows)
     except ValueError as exc:
         raise VariantError(f"--bank-rows {rows}: {exc}") from exc
-    report = recalibrate(detector, config, report, f"with the {rows}-row bank")
-    report["model"] = {**report["model"], "memory_bank_rows": rows, "memory_bank_fitted_rows": fitted_rows,
-                       "memory_bank_selection": "greedy k-center coreset of the fitted bank, at export"}
-    return report
+    model = {**report["model"], "memory_bank_rows": rows, "memory_bank_fitted_rows": fitted_rows,
+             "memory_bank_selection": "greedy k-center coreset of the fitted bank, at export"}
+    return {**report, "model": model}

@@ -32,20 +32,26 @@ def select_providers(device: str) -> list:
     return ["CPUExecutionProvider"]
 
 
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """How every session over a bundle graph runs: the engine's, and the exporter's parity and int8
+    calibration sessions (benchmarks/session_options.py has the measurements behind these settings)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The bank's chunk GEMMs all depend only on the patch features, so the default order may run them
+    # all before any minimum and hold every (patches x chunk) block at once: 3.6 GiB peak for a
+    # 51k-row bank at batch 8, against 0.5 GiB in priority order, at the same speed.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    return options
+
+
 class Engine:
     """Runs uint8 NHWC batches through the bundle's graph: (scores [B], maps [B,H,W]) as float32."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", intra_op_threads: int | None = None):
         self.bundle = bundle
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The bank's chunk GEMMs all depend only on the patch features, so the default order may run them
-        # all before any minimum and hold every (patches x chunk) block at once: 3.6 GiB peak for a
-        # 51k-row bank at batch 8, against 0.5 GiB in priority order, at the same speed
-        # (benchmarks/session_options.py has the measurements behind these settings).
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        options = session_options(intra_op_threads)
         self.providers = select_providers(device)
         if self.providers[0] != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
             # Loads the CUDA/cuDNN libraries that pip wheels (e.g. torch's) put on the machine.
