@@ -35,7 +35,7 @@ from pyimgano.models.patchcore import (  # noqa: E402
     adaptive_pool_matrix,
     greedy_coreset,
 )
-from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d  # noqa: E402
+from pyimgano.models.maps import MAP_SIGMA, MapSmoother, blur_matrix, gaussian_kernel_1d  # noqa: E402
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
 
@@ -143,6 +143,60 @@ def test_nearest_in_bank_chunk_boundary_winner_in_last_partial_chunk():
     d2, idx = memory.nearest(memory.centre(queries))
     assert idx.tolist() == [22, 0, 7, 15, 0]
     torch.testing.assert_close(d2, torch.tensor([1.0, 1.0, 1.0, 1.0, 9.0]), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("chunk_rows", [4096, 13])
+def test_float16_bank_ranks_in_half_precision_and_returns_the_exact_distance_to_its_pick(chunk_rows):
+    """A float16 bank ranks rows by a float16 key; the distance to the picked row is recomputed in float32
+    (from the float16-stored row), so it is never below the true nearest distance and only fp16 ranking
+    error above it."""
+    g = torch.Generator().manual_seed(5)
+    bank = torch.randn(200, 64, generator=g) * 4.0 + 20.0  # off-centre: centring must keep the key in range
+    queries = bank[torch.randint(200, (300,), generator=g)] + torch.randn(300, 64, generator=g)
+    stored = (bank - bank.mean(dim=0)).half().double()  # the rows the graph holds
+    ref = torch.cdist((queries - bank.mean(dim=0)).double(), stored) ** 2
+    ref_d2 = ref.min(dim=1).values
+    memory = MemoryBank(bank, dtype=torch.float16, chunk_rows=chunk_rows)
+    assert memory.rows_0.dtype == torch.float16
+    d2, idx = memory.nearest(memory.centre(queries))
+    assert d2.dtype == torch.float32
+    torch.testing.assert_close(d2.double(), ref.gather(1, idx.unsqueeze(1)).squeeze(1), rtol=1e-5, atol=1e-4)
+    assert bool((d2.double() >= ref_d2 * (1 - 1e-5)).all())
+    # Normal patches (about 64 here) sit far below the norms (about 20^2 * 64): the key's fp16 rounding
+    # moves the pick only among near-ties.
+    assert float(((d2.double() - ref_d2) / ref_d2).max()) < 0.02
+    assert float((idx == ref.argmin(dim=1)).double().mean()) > 0.95
+
+
+def test_float16_bank_refuses_norms_beyond_half_precision():
+    bank = torch.zeros(4, 2)
+    bank[0, 0] = 1e3  # centred half-norm about 2.8e5 > 65504
+    with pytest.raises(ValueError, match="overflow"):
+        MemoryBank(bank, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("grid_hw,input_hw", [((32, 32), (256, 256)), ((5, 9), (40, 70)), ((17, 17), (17, 17))])
+def test_map_smoother_equals_mirrored_separable_gaussian_convolution(grid_hw, input_hw):
+    g = torch.Generator().manual_seed(0)
+    grid = torch.rand(3, 1, *grid_hw, generator=g, dtype=torch.float32) * 5.0
+    kernel = gaussian_kernel_1d(MAP_SIGMA)
+    radius = (kernel.shape[0] - 1) // 2
+    maps = grid.double()
+    if grid_hw != input_hw:
+        maps = F.interpolate(maps, size=input_hw, mode="bilinear", align_corners=False)
+    maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
+    maps = F.conv2d(maps, kernel.double().view(1, 1, -1, 1))
+    expected = F.conv2d(maps, kernel.double().view(1, 1, 1, -1))[:, 0]
+    smoothed = MapSmoother(input_hw)(grid)
+    assert smoothed.shape == (3, *input_hw)
+    torch.testing.assert_close(smoothed.double(), expected, rtol=1e-5, atol=1e-5)
+    # Its buffers are rebuilt with the graph, not saved: checkpoints do not depend on the map size.
+    assert MapSmoother(input_hw).state_dict() == {}
+
+
+def test_blur_matrix_needs_maps_larger_than_the_kernel_radius():
+    with pytest.raises(ValueError, match="larger than 16 pixels"):
+        blur_matrix(16, gaussian_kernel_1d(MAP_SIGMA))
 
 
 # --------------------------------------------------------------------------- coreset

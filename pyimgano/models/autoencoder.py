@@ -31,7 +31,7 @@ from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
 from pyimgano.models.base import GraphDetector, NotFittedError
-from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d, upsample_and_smooth
+from pyimgano.models.maps import MapSmoother
 from pyimgano.runtime.images import InputContract
 
 DEFAULT_EPOCHS = 5
@@ -138,7 +138,7 @@ class AutoencoderGraph(nn.Module):
         self.network = network
         self.input_hw = input_hw
         self.top_k = max(1, int(math.ceil(TOP_FRACTION * input_hw[0] * input_hw[1])))
-        self.register_buffer("blur", gaussian_kernel_1d(MAP_SIGMA))
+        self.smooth = MapSmoother(input_hw)
 
     def error_maps(self, images: torch.Tensor) -> torch.Tensor:
         """[B, H, W] per-pixel squared error, mean over channels, before smoothing."""
@@ -148,7 +148,7 @@ class AutoencoderGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         errors = self.error_maps(images)
-        maps = upsample_and_smooth(errors.unsqueeze(1), self.input_hw, self.blur)
+        maps = self.smooth(errors.unsqueeze(1))
         top = maps.reshape(maps.shape[0], -1).topk(self.top_k, dim=1).values
         return top.mean(dim=1), maps
 

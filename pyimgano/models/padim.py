@@ -36,7 +36,7 @@ from pyimgano.models.backbones import (
     preset_and_backbone,
 )
 from pyimgano.models.base import GraphDetector, NotFittedError
-from pyimgano.models.maps import MAP_SIGMA, gaussian_kernel_1d, upsample_and_smooth
+from pyimgano.models.maps import MapSmoother
 from pyimgano.runtime.images import InputContract
 
 # Added to every covariance before inversion (the paper's regulariser).
@@ -145,7 +145,7 @@ class PadimGraph(nn.Module):
         self.register_buffer("gauss_mean", mean)
         self.register_buffer("inv_cov", inv_cov)
         self.input_hw = input_hw
-        self.register_buffer("blur", gaussian_kernel_1d(MAP_SIGMA))
+        self.smooth = MapSmoother(input_hw)
 
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """(distances [B, h*w], h, w) before upsampling and smoothing."""
@@ -154,7 +154,7 @@ class PadimGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distances, height, width = self.patch_scores(images)
-        maps = upsample_and_smooth(distances.reshape(-1, 1, height, width), self.input_hw, self.blur)
+        maps = self.smooth(distances.reshape(-1, 1, height, width))
         scores = maps.reshape(maps.shape[0], -1).max(dim=1).values
         return scores, maps
 
