@@ -8,6 +8,16 @@ import onnxruntime as ort
 from pyimgano.runtime.bundle import Bundle
 
 DEVICES = ("auto", "cpu", "cuda")
+CUDA_PROVIDER_OPTIONS = {
+    # TF32 matmuls/convolutions move scores by ~3e-3 relative (measured on an H200); the bundle's
+    # contract is 1e-3 against the exported model, so full fp32.
+    "use_tf32": "0",
+    # cuDNN's heuristic choice, not ORT's default exhaustive search: on an H200 (onnxruntime-gpu 1.31,
+    # cuDNN 9) the exhaustive search picked a non-tensor-core implicit GEMM for wide_resnet50_2's fp16
+    # 3x3 convolutions, half of the graph's GPU time; the fp16 16k-row bundle at batch 32 went from
+    # 1,124 to 2,445 images/s (benchmarks/cuda_check.py --explore).
+    "cudnn_conv_algo_search": "HEURISTIC",
+}
 
 
 class EngineError(Exception):
@@ -21,9 +31,7 @@ def select_providers(device: str) -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
-        # TF32 matmuls/convolutions move scores by ~3e-3 relative (measured on an H200); the bundle's
-        # contract is 1e-3 against the exported model, so full fp32.
-        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS), "CPUExecutionProvider"]
     if device == "cuda":
         raise EngineError(
             "device 'cuda' requested but this ONNX Runtime has no CUDAExecutionProvider "
