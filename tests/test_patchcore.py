@@ -279,6 +279,34 @@ def test_greedy_coreset_batched_radius_close_to_exact(monkeypatch, rounds_hint):
     assert r_batched <= 1.5 * r_exact, (r_batched, r_exact)
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_greedy_coreset_bfloat16_screen_selects_exactly_what_float32_does(monkeypatch, seed):
+    """The screen only skips rows its error bound rules out, so the coreset is the float32 one, row for row
+    (off-centre clusters: large norms, where a loose bound would show)."""
+    monkeypatch.setattr(patchcore, "CORESET_ROUNDS_HINT", 10)
+    feats = (_clustered(4000, 24, clusters=10, seed=seed) + 30.0).float()
+    screened = greedy_coreset(feats, 0.1, seed, screen=True)
+    plain = greedy_coreset(feats, 0.1, seed, screen=False)
+    assert torch.equal(screened, plain)
+
+
+def test_bfloat16_screen_keeps_every_row_that_improves_and_skips_most_others():
+    """Gaussian rows, as real patch features are spread (on magnetic_tile about 1 row in 8 is flagged)."""
+    g = torch.Generator().manual_seed(11)
+    rows = torch.randn(20000, 32, generator=g) + 5.0
+    rows = rows - rows.mean(dim=0)
+    rows_sq = (rows * rows).sum(dim=1)
+    old_centres = rows[torch.randperm(20000, generator=g)[:500]]
+    min_d2 = torch.cdist(rows, old_centres).min(dim=1).values ** 2
+    new = torch.randperm(20000, generator=g)[:64]
+    exact = torch.cdist(rows.double(), rows[new].double()).min(dim=1).values ** 2
+    improves = (exact < min_d2.double()).nonzero().squeeze(1)
+    flagged = patchcore._screen(patchcore._screen_layout(rows), rows_sq, rows_sq.sqrt(), min_d2, rows[new], rows_sq[new])
+    assert improves.numel() > 1000
+    assert set(improves.tolist()) <= set(flagged.tolist())
+    assert flagged.numel() < 0.3 * rows.shape[0], flagged.numel()  # 4,272 of 20,000 when written
+
+
 @pytest.mark.parametrize("ratio", [1.0, 1.5])
 def test_greedy_coreset_ratio_one_keeps_everything(ratio):
     feats = torch.randn(23, 5, generator=torch.Generator().manual_seed(0))
