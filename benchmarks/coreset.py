@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--images", type=Path, help="embed these images instead of drawing clustered rows")
+    parser.add_argument("--device", default="cpu", help="where the rows live and the selection runs (cpu, cuda)")
+    parser.add_argument("--screen", choices=["auto", "on", "off"], default="auto",
+                        help="the bfloat16 screen: auto = where bfloat16 measures faster")
     parser.add_argument("--out", default="benchmarks/results/coreset.json")
     args = parser.parse_args()
     extra = {}
@@ -50,10 +53,13 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         centres = torch.randn(1000, args.dim, generator=generator) * 3
         rows = centres[torch.randint(1000, (args.rows,), generator=generator)] + torch.randn(args.rows, args.dim, generator=generator)
+    rows = rows.to(args.device)
+    screen = {"auto": None, "on": True, "off": False}[args.screen]
     started = time.perf_counter()
-    selected = greedy_coreset(rows, args.ratio, 0)
+    selected = greedy_coreset(rows, args.ratio, 0, screen=screen)  # returns host indices: synchronised
     seconds = time.perf_counter() - started
     result = {"rows": int(rows.shape[0]), "dim": int(rows.shape[1]), "ratio": args.ratio, **extra,
+              "device": args.device, "screen": args.screen,
               "selected": int(selected.numel()), "seconds": round(seconds, 1), "threads": torch.get_num_threads()}
     print("rows     dim  ratio  selected  seconds")
     print(f"{result['rows']:<8} {result['dim']:<4} {args.ratio:<6} {result['selected']:<9} {result['seconds']}")
