@@ -291,7 +291,7 @@ def test_greedy_coreset_bfloat16_screen_selects_exactly_what_float32_does(monkey
 
 
 def test_bfloat16_screen_keeps_every_row_that_improves_and_skips_most_others():
-    """Gaussian rows, as real patch features are spread (on magnetic_tile about 1 row in 8 is flagged)."""
+    """Gaussian rows, as real patch features are spread (on magnetic_tile about 1 row in 20 is flagged)."""
     g = torch.Generator().manual_seed(11)
     rows = torch.randn(20000, 32, generator=g) + 5.0
     rows = rows - rows.mean(dim=0)
@@ -304,7 +304,8 @@ def test_bfloat16_screen_keeps_every_row_that_improves_and_skips_most_others():
     flagged = patchcore._screen(patchcore._screen_layout(rows), rows_sq, rows_sq.sqrt(), min_d2, rows[new], rows_sq[new])
     assert improves.numel() > 1000
     assert set(improves.tolist()) <= set(flagged.tolist())
-    assert flagged.numel() < 0.3 * rows.shape[0], flagged.numel()  # 4,272 of 20,000 when written
+    # 3,283 of 20,000 when written (2,563 improve); with no error bound at all 4 improving rows are missed.
+    assert flagged.numel() < 0.2 * rows.shape[0], flagged.numel()
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.5])
