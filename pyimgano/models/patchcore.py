@@ -38,11 +38,12 @@ CORESET_POOL_FACTOR = 4
 CORESET_UPDATE_ROWS = 16384
 # The bfloat16 screen (greedy_coreset): rows per GEMM (4,096 ran 16% faster per row than 16,384 here:
 # the block stays in cache for the minimum), bfloat16's unit roundoff, the factor on its error bound
-# (5% to spare), and how much faster than float32 it must measure to be used.
+# (5% to spare), and how much faster than float32 its GEMM must measure to be used (1.7x on this
+# machine's AVX512-BF16; a 1.5x bar was missed under load, and emulated bfloat16 is slower than float32).
 CORESET_SCREEN_ROWS = 4096
 BFLOAT16_UNIT_ROUNDOFF = 2.0**-8
 CORESET_SCREEN_SAFETY = 1.05
-CORESET_SCREEN_MIN_SPEEDUP = 1.5
+CORESET_SCREEN_MIN_SPEEDUP = 1.2
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
@@ -249,25 +250,23 @@ def _sq_dist_to(points: torch.Tensor, points_sq: torch.Tensor, centres: torch.Te
     return points_sq.unsqueeze(1) - 2.0 * (points @ centres.t()) + (centres * centres).sum(dim=1).unsqueeze(0)
 
 
-def _screen_pays_off(device: torch.device) -> bool:
-    """Whether a bfloat16 GEMM beats float32 here by enough to screen with it (measured, a few ms, once
-    per call): true on CPUs with AVX512-BF16 or AMX; false where bfloat16 is emulated, and on GPUs, whose
-    float32 GEMMs at these block sizes are launch-bound anyway (an H200: 731k rows in 2.1 s unscreened,
-    8.6 s screened)."""
+def screen_pays_off(device: torch.device) -> bool:
+    """Whether to screen with bfloat16: on CPUs where its GEMM measures CORESET_SCREEN_MIN_SPEEDUP x
+    faster than float32 at the screen's block shape (AVX512-BF16 or AMX; emulated bfloat16 is slower),
+    never on GPUs, where the screen's small blocks are launch-bound (an H200: 731k rows in 2.1 s
+    unscreened, 8.6 s screened). The measurement takes a few ms, once per call."""
+    if device.type != "cpu":
+        return False
     generator = torch.Generator(device="cpu").manual_seed(0)
-    rows = torch.randn(CORESET_SCREEN_ROWS, CORESET_PROJECTION_DIM, generator=generator).to(device)
-    centres = torch.randn(CORESET_MAX_PER_ROUND, CORESET_PROJECTION_DIM, generator=generator).to(device)
+    rows = torch.randn(CORESET_SCREEN_ROWS, CORESET_PROJECTION_DIM + 8, generator=generator)
+    centres = torch.randn(CORESET_PROJECTION_DIM + 8, CORESET_MAX_PER_ROUND, generator=generator)
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = rows.to(dtype), centres.t().contiguous().to(dtype)
+        a, b = rows.to(dtype), centres.to(dtype)
         best = math.inf
-        for _ in range(4):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        for _ in range(8):
             started = time.perf_counter()
             torch.mm(a, b).amin(dim=1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - started)
         timings[dtype] = best
     return timings[torch.bfloat16] * CORESET_SCREEN_MIN_SPEEDUP < timings[torch.float32]
@@ -304,7 +303,7 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, screen: bool
     reduced = reduced - reduced.mean(dim=0)
     reduced_sq = (reduced * reduced).sum(dim=1)
     if screen is None:
-        screen = _screen_pays_off(reduced.device)
+        screen = screen_pays_off(reduced.device)
     layout = _screen_layout(reduced) if screen else None
     norms = reduced_sq.sqrt()
     per_round = max(1, min(CORESET_MAX_PER_ROUND, target // CORESET_ROUNDS_HINT))
