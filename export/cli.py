@@ -49,10 +49,10 @@ def export_or_exit(
               help="Folder to write NAME-VERSION/ and NAME-VERSION.zip into.")
 @click.option("--bundle-version", default="1", show_default=True, help="The bundle's version string.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="PatchCore. fp16 (for CUDA): backbone, projection and the ranking of bank rows in half precision; "
-                   "the distance to the picked row, image score and map stay fp32; parity against the fp32 model within 5e-2 relative. int8 (for "
-                   "CPUs with VNNI/dotprod): convolutions and the bank search in 8-bit integers, thresholds "
-                   "recalibrated with the int8 graph; parity within 0.25 relative.")
+              help="PatchCore. fp16 (for CUDA): backbone, projection and the ranking of bank rows in half "
+                   "precision; the distance to the picked row, image score and map stay fp32; parity against the "
+                   "fp32 model within 5e-2 relative. int8 (for CPUs with VNNI/dotprod): convolutions and the bank "
+                   "search in 8-bit integers, thresholds recalibrated with the int8 graph; parity within 0.25 relative.")
 @click.option("--bank-rows", type=click.IntRange(min=1), default=None,
               help="PatchCore: keep a greedy k-center coreset of this many rows of the fitted bank (faster on CPU, "
                    "less exact); thresholds are recalibrated on the run's held-out images.")

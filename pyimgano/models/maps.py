@@ -38,8 +38,8 @@ class MapSmoother(nn.Module):
     Gaussian as two band-matrix products, rows @ map @ cols^T.
 
     As matrices, not two single-channel 33-tap convolutions: on ONNX Runtime's CPU provider, 8 maps of
-    256x256 took 8.7 ms as convolutions and 3.3 ms as products, equal to 5e-7 relative. The matrices are rebuilt with the graph, never stored
-    in checkpoints.
+    256x256 took 8.7 ms as convolutions and 3.3 ms as products, equal to 5e-7 relative. The matrices
+    are rebuilt with the graph, never stored in checkpoints.
     """
 
     def __init__(self, input_hw: tuple[int, int], sigma: float = MAP_SIGMA):

@@ -133,10 +133,10 @@ class MemoryBank(nn.Module):
         self.low_precision_key = dtype != torch.float32
         if self.low_precision_key:
             for number in range(len(self.starts)):
-                half_norms = getattr(self, f"sq_norms_{number}") / 2
-                if not torch.isfinite(half_norms.to(dtype)).all():
+                half_norms = (getattr(self, f"sq_norms_{number}") / 2).to(dtype)
+                if not torch.isfinite(half_norms).all():
                     raise ValueError(f"memory bank norms overflow {dtype}: export this model in float32")
-                self.register_buffer(f"half_sq_norms_{number}", half_norms.to(dtype))
+                self.register_buffer(f"half_sq_norms_{number}", half_norms)
 
     def chunks(self):
         for number, start in enumerate(self.starts):
@@ -304,8 +304,7 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, screen: bool
     reduced_sq = (reduced * reduced).sum(dim=1)
     if screen is None:
         screen = screen_pays_off(reduced.device)
-    layout = _screen_layout(reduced) if screen else None
-    norms = reduced_sq.sqrt()
+    layout = _screen_layout(reduced, reduced_sq) if screen else None
     per_round = max(1, min(CORESET_MAX_PER_ROUND, target // CORESET_ROUNDS_HINT))
     first = int(torch.randint(total, (1,), generator=generator))
     selected = [first]
@@ -332,24 +331,32 @@ def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, screen: bool
         if layout is None:
             rows = None  # every row, in contiguous chunks
         else:
-            rows = _screen(layout, reduced_sq, norms, min_d2, centres, centres_sq)
+            rows = _screen(layout, reduced_sq, min_d2, centres, centres_sq)
         _update_min_d2(reduced, reduced_sq, min_d2, centres, centres_sq, rows)
     return torch.tensor(selected, dtype=torch.long)
 
 
-def _screen_layout(reduced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows as bfloat16 [x, 1, 1, 0...] (width padded to a multiple of 8), so that one plain GEMM against
-    [-2c, hi, lo, 0...] (||c||^2 = hi + lo, two bfloat16 parts) gives ||c||^2 - 2 x.c: plain mm ran faster
-    than addmm with the bias. Also each row's rounding error ||x - bf16(x)||, for the screen's bound."""
+@dataclass(frozen=True)
+class _ScreenLayout:
+    """What the bfloat16 screen reads of the rows, prepared once per selection."""
+
+    rows: torch.Tensor  # bfloat16 [x, 1, 1, 0...], width padded to a multiple of 8
+    rounding: torch.Tensor  # ||x - bf16(x)|| per row, for the error bound
+    norms: torch.Tensor  # ||x|| per row
+
+
+def _screen_layout(reduced: torch.Tensor, reduced_sq: torch.Tensor) -> _ScreenLayout:
+    """Rows as bfloat16 [x, 1, 1, 0...], so that one plain GEMM against [-2c, hi, lo, 0...] (||c||^2 = hi + lo,
+    two bfloat16 parts) gives ||c||^2 - 2 x.c: plain mm ran faster than addmm with the bias."""
     dim = reduced.shape[1]
     padded = torch.zeros(reduced.shape[0], -(-(dim + 2) // 8) * 8, dtype=torch.bfloat16, device=reduced.device)
     padded[:, :dim] = reduced
     padded[:, dim : dim + 2] = 1.0
     rounding = (reduced - padded[:, :dim].float()).norm(dim=1)
-    return padded, rounding
+    return _ScreenLayout(padded, rounding, reduced_sq.sqrt())
 
 
-def _screen(layout, reduced_sq, norms, min_d2, centres, centres_sq) -> torch.Tensor:
+def _screen(layout: _ScreenLayout, reduced_sq, min_d2, centres, centres_sq) -> torch.Tensor:
     """Indices of the rows a new centre may come closer to than their current nearest, by a bfloat16 GEMM.
 
     With x~, c~ the bfloat16 rows, e_x = ||x - x~||, e_c = max ||c - c~||, C >= every ||c||, ||c~|| and
@@ -358,7 +365,7 @@ def _screen(layout, reduced_sq, norms, min_d2, centres, centres_sq) -> torch.Ten
     rounding) + 2^-14 (C^2 + 2 ||x|| C) (float32 accumulation, the lo part). A row whose key minus that
     bound is not below its current distance cannot improve; the rest are recomputed exactly.
     """
-    screen_rows, rounding = layout
+    screen_rows = layout.rows
     dim = centres.shape[1]
     low = centres.to(torch.bfloat16)
     centre_rounding = float((centres - low.float()).norm(dim=1).max())
@@ -370,8 +377,8 @@ def _screen(layout, reduced_sq, norms, min_d2, centres, centres_sq) -> torch.Ten
     augmented[dim + 1] = (centres_sq - hi.float()).to(torch.bfloat16)
     unit, tiny = BFLOAT16_UNIT_ROUNDOFF, 2.0**-14
     error = (
-        (2 * centre_rounding + 2 * unit * reach + 2 * tiny * reach) * norms
-        + (2 * reach + 2 * unit * reach) * rounding
+        (2 * centre_rounding + 2 * unit * reach + 2 * tiny * reach) * layout.norms
+        + (2 * reach + 2 * unit * reach) * layout.rounding
         + (unit + tiny) * reach**2
     )
     # A row may improve only if some key falls below this (its current distance less its own norm).
@@ -451,8 +458,9 @@ class VisionPatchCore(GraphDetector):
         return self
 
     def graph(self, precision: str = "fp32") -> PatchCoreGraph:
-        """The scoring graph. precision "fp16" (for GPUs) runs the backbone, the projection and the bank
-        GEMM in float16 and keeps the normalisation, norms, minimum, image score and map in float32."""
+        """The scoring graph. precision "fp16" (for GPUs) runs the backbone, the projection and the ranking
+        of bank rows in float16 (MemoryBank) and keeps the normalisation, the distance to the picked row,
+        the image score and the map in float32."""
         if not hasattr(self, "memory_bank_"):
             raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
         if precision not in PRECISIONS:
