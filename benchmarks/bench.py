@@ -131,6 +131,10 @@ def resize_bank(run_dir: Path, rows: int) -> None:
     np.savez(path, memory_bank=picked.astype(np.float32))
 
 
+def bundle_mib(bundle_dir: Path) -> float:
+    return sum(path.stat().st_size for path in bundle_dir.iterdir()) / 2**20
+
+
 def train_timing(work: Path) -> dict:
     import torch
 
@@ -200,7 +204,7 @@ def main() -> int:
             source = RunSource(run_dir, device="cpu")
             graph = source.detector.graph()
             gflop = graph_gflop(graph, 256, 256)
-            size_mib = sum(p.stat().st_size for p in exported.bundle_dir.iterdir()) / 2**20
+            size_mib = bundle_mib(exported.bundle_dir)
             for batch in BATCHES:
                 edge = edge_child(exported.bundle_dir, inputs, batch)
                 edge_int8 = edge_child(int8.bundle_dir, inputs, batch)
@@ -219,7 +223,7 @@ def main() -> int:
                     "outside_graph_share": round(1 - graph_ms / total_ms, 3),
                     "int8": {"images_per_second": edge_int8["images_per_second"], "graph_ms_per_image": int8_graph_ms,
                              "peak_rss_mib": edge_int8["peak_rss_mib"],
-                             "bundle_mib": round(sum(p.stat().st_size for p in int8.bundle_dir.iterdir()) / 2**20, 1)},
+                             "bundle_mib": round(bundle_mib(int8.bundle_dir), 1)},
                     "int8_over_torch_speedup": round(torch_ms / int8_graph_ms, 2),
                 })
             if backbone == "mobilenet_v2" and rows == 10240:

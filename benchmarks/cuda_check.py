@@ -71,17 +71,13 @@ def explore(bundle, engine, repeats: int) -> dict:
     data = rng.integers(0, 256, (32, bundle.contract.height, bundle.contract.width, 3), dtype=np.uint8)
     found = {"graph_only_resident_images_per_s_batch32": round(
         bound_images_per_second(engine.session, engine.output_names, data, repeats, resident=True), 1)}
-    level = ort.GraphOptimizationLevel
-    no_fusion = ["ConvActivationFusion"]
-    variants = {  # label: (CUDA provider options over the engine's, optimisation level, disabled optimisers)
-        "engine_no_conv_activation_fusion": ({}, level.ORT_ENABLE_ALL, no_fusion),
-        "exhaustive_conv_search": ({"cudnn_conv_algo_search": "EXHAUSTIVE"}, level.ORT_ENABLE_ALL, []),
+    variants = {  # label: (CUDA provider options over the engine's, optimisers disabled)
+        "engine_no_conv_activation_fusion": ({}, ["ConvActivationFusion"]),
+        "exhaustive_conv_search": ({"cudnn_conv_algo_search": "EXHAUSTIVE"}, []),
     }
-    for label, (provider_options, optimisation, disabled) in variants.items():
-        options = session_options()
-        options.graph_optimization_level = optimisation
+    for label, (provider_options, disabled) in variants.items():
         try:
-            session = ort.InferenceSession(str(bundle.model_path), sess_options=options, disabled_optimizers=disabled,
+            session = ort.InferenceSession(str(bundle.model_path), sess_options=session_options(), disabled_optimizers=disabled,
                                            providers=[("CUDAExecutionProvider", {**CUDA_PROVIDER_OPTIONS, **provider_options}),
                                                       "CPUExecutionProvider"])
             found[f"{label}_images_per_s_batch32"] = round(
