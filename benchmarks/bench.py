@@ -65,9 +65,10 @@ def measure_edge(bundle: str, images: str, batch: int, tile: bool) -> dict:
     load_seconds = time.perf_counter() - started
     paths = expand_inputs(images)
     tiling = TilingConfig(tile_size=512, stride=384, map_reduce="hann") if tile else None
-    options = InferOptions(batch_size=batch, tiling=tiling)
-    run_inference(engine, paths[:batch], options, lambda record: None)  # warm-up
-    summary = run_inference(engine, paths, options, lambda record: None).to_json()
+    options = InferOptions(batch_size=batch)
+    context = engine.context.with_tiling(tiling) if tiling else engine.context
+    run_inference(engine, context, paths[:batch], options, lambda record: None)  # warm-up
+    summary = run_inference(engine, context, paths, options, lambda record: None).to_json()
     return {
         "session_load_s": round(load_seconds, 3),
         "images_per_second": summary["images_per_second"],
@@ -177,7 +178,7 @@ def main() -> int:
     from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
     from pyimgano.export.bundle_writer import export_bundle
     from pyimgano.export.variants import Variant
-    from pyimgano.workbench.serve import RunSource
+    from pyimgano.workbench.run_loader import open_run
 
     work = Path(tempfile.mkdtemp(prefix="pyimgano-bench-"))
     generate_dataset(work / "data", SyntheticSpec(n_train=20, n_test_good=4, n_test_per_defect=4))
@@ -201,8 +202,8 @@ def main() -> int:
             # (benchmarks/variants.py measures what int8 costs on real data).
             int8 = export_bundle(run_dir, work / "bundles", name=f"bench-{backbone}-{rows}-int8",
                                  variant=Variant(precision="int8"), enforce_parity=False)
-            source = RunSource(run_dir, device="cpu")
-            graph = source.detector.graph()
+            detector, _ = open_run(run_dir, device="cpu")
+            graph = detector.graph()
             gflop = graph_gflop(graph, 256, 256)
             size_mib = bundle_mib(exported.bundle_dir)
             for batch in BATCHES:

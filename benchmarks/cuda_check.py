@@ -22,11 +22,11 @@ import numpy as np
 
 
 def images_per_second(engine, batch: np.ndarray, repeats: int) -> float:
-    engine.run(batch)  # warm-up: kernels, arenas, cuDNN autotuning
+    engine.score_batch(batch)  # warm-up: kernels, arenas, cuDNN autotuning
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        engine.run(batch)
+        engine.score_batch(batch)
         times.append(time.perf_counter() - started)
     return len(batch) / statistics.median(times)
 
@@ -68,7 +68,7 @@ def explore(bundle, engine, repeats: int) -> dict:
     from pyimgano.runtime.engine import CUDA_PROVIDER_OPTIONS, session_options
 
     rng = np.random.default_rng(1)
-    data = rng.integers(0, 256, (32, bundle.contract.height, bundle.contract.width, 3), dtype=np.uint8)
+    data = rng.integers(0, 256, (32, bundle.context.steps.contract.height, bundle.context.steps.contract.width, 3), dtype=np.uint8)
     found = {"graph_only_resident_images_per_s_batch32": round(
         bound_images_per_second(engine.session, engine.output_names, data, repeats, resident=True), 1)}
     variants = {  # label: (CUDA provider options over the engine's, optimisers disabled)
@@ -128,10 +128,10 @@ def main() -> int:
     assert cuda.device == "cuda", cuda.session.get_providers()
 
     paths = expand_inputs(str(scratch / "data" / "synthetic_texture" / "test"))
-    batch = np.stack([to_contract(read_rgb(p), bundle.contract) for p in paths])
-    cpu_scores, cpu_maps = cpu.run(batch)
-    cuda_scores, cuda_maps = cuda.run(batch)
-    threshold = bundle.image_threshold.value
+    batch = np.stack([to_contract(read_rgb(p), bundle.context.steps.contract) for p in paths])
+    cpu_scores, cpu_maps = cpu.score_batch(batch)
+    cuda_scores, cuda_maps = cuda.score_batch(batch)
+    threshold = bundle.context.image_threshold
     result = {
         "images": len(batch),
         "labels_identical": bool(np.array_equal(cpu_scores > threshold, cuda_scores > threshold)),
@@ -139,13 +139,13 @@ def main() -> int:
         "max_map_diff_rel_to_max": float(np.abs(cuda_maps - cpu_maps).max() / np.abs(cpu_maps).max()),
         "backbone": args.backbone,
         "precision": args.precision,
-        "memory_bank_rows": args.bank_rows or bundle.manifest["model"]["memory_bank_rows"],
-        "export_parity_vs_torch_fp32": bundle.manifest["parity"]["max_rel_score_diff"],
+        "memory_bank_rows": args.bank_rows or bundle.manifest.model.details["memory_bank_rows"],
+        "export_parity_vs_torch_fp32": bundle.manifest.parity.max_rel_score_diff,
         "providers": cuda.session.get_providers(),
     }
     rng = np.random.default_rng(0)
     for size in (1, 8, 32):
-        data = rng.integers(0, 256, (size, bundle.contract.height, bundle.contract.width, 3), dtype=np.uint8)
+        data = rng.integers(0, 256, (size, bundle.context.steps.contract.height, bundle.context.steps.contract.width, 3), dtype=np.uint8)
         result[f"cuda_iobinding_images_per_s_batch{size}"] = round(images_per_second(cuda, data, args.repeats), 1)
         if not args.no_cpu_speed:
             result[f"cpu_images_per_s_batch{size}"] = round(images_per_second(cpu, data, max(3, args.repeats // 5)), 1)

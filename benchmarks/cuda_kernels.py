@@ -13,7 +13,7 @@ import onnxruntime as ort
 import torch
 
 from pyimgano.runtime.engine import select_providers, session_options
-from pyimgano.workbench.serve import load_detector, load_run
+from pyimgano.workbench.run_loader import load_detector, load_run
 
 
 def cuda_median_ms(fn, repeats=10):

@@ -26,10 +26,10 @@ from pyimgano.data.sources import load_dataset_split
 from pyimgano.export.bundle_writer import export_bundle
 from pyimgano.export.variants import Variant
 from pyimgano.runtime import Engine, open_bundle
-from pyimgano.runtime.postprocess import apply_postprocess
-from pyimgano.runtime.scoring import score_images
-from pyimgano.workbench.run import evaluate, partition, read_images, read_masks, run_workbench
-from pyimgano.workbench.serve import load_run
+from pyimgano.workbench.evaluation import evaluate
+from pyimgano.workbench.run import run_workbench
+from pyimgano.workbench.run_loader import load_run
+from pyimgano.workbench.samples import partition, read_images, read_masks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "defects"
 CHUNK = 32
@@ -53,26 +53,24 @@ def measure(bundle_dir: Path, samples) -> dict:
     started = time.perf_counter()
     for start in range(0, len(samples), CHUNK):
         images = read_images(samples[start : start + CHUNK])
-        chunk_scores, chunk_maps = score_images(engine.run, images, engine.contract, engine.tiling, batch_size=8)
-        if engine.postprocess:
-            chunk_maps = [apply_postprocess(m, engine.postprocess, engine.normalization) for m in chunk_maps]
+        chunk_scores, chunk_maps = engine.context.steps.score(engine, images, batch_size=8)
         scores.append(chunk_scores)
         maps.extend(chunk_maps)
     seconds = time.perf_counter() - started
     all_scores = np.concatenate(scores)
-    metrics = evaluate(samples, all_scores, maps, read_masks(samples, maps), engine.image_threshold)
+    metrics = evaluate(samples, all_scores, maps, read_masks(samples, maps), engine.context.image_threshold)
     manifest = engine.bundle.manifest
     return {
         "bundle": bundle_dir.name,
-        "precision": manifest["precision"],
-        "bank_rows": manifest["model"]["memory_bank_rows"],
+        "precision": manifest.precision,
+        "bank_rows": manifest.model.details["memory_bank_rows"],
         "image_auroc": round(metrics["image"]["auroc"], 4),
         "pixel_auroc": round(metrics["pixel"]["auroc"], 4) if metrics["pixel"] else None,
         "aupro": round(metrics["pixel"]["aupro_0.3"], 4) if metrics["pixel"] else None,
         "f1_at_threshold": round(metrics["image"]["f1"], 4),
         "images_per_second_cpu": round(len(samples) / seconds, 1),
         "model_mib": round((bundle_dir / "model.onnx").stat().st_size / 2**20, 2),
-        "parity_max_rel_score_diff": manifest["parity"]["max_rel_score_diff"],
+        "parity_max_rel_score_diff": manifest.parity.max_rel_score_diff,
     }
 
 

@@ -10,23 +10,15 @@ from pathlib import Path
 import torch
 
 from pyimgano import __version__
-from pyimgano.config import WorkbenchConfig
-from pyimgano.data.mvtec import Sample, load_images
+from pyimgano.config import WorkbenchConfig, input_contract
+from pyimgano.data.types import Sample, load_images
 from pyimgano.export.quantize import CALIBRATION_IMAGES, QuantizeError, quantize_int8
 from pyimgano.export.variants import OnnxScorer, Variant, VariantError, recalibrate, reduce_bank
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
-from pyimgano.runtime.bundle import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    file_entry,
-    move_into_place,
-    validate_manifest,
-    write_archive,
-)
-from pyimgano.workbench.serve import RunError, load_detector, load_run
+from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, write_archive
+from pyimgano.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 from pyimgano.workbench.artifacts import utc_now, write_json
-from pyimgano.workbench.run import input_contract
+from pyimgano.workbench.run_loader import RunError, load_detector, load_run
 
 # The bundle's image scores may differ from the fp32 torch model's by at most this, relative, on the
 # parity images. fp32: the rounding of another kernel order. fp16 and int8 are approximations (measured
@@ -62,8 +54,8 @@ def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
     per_image = run_dir / "categories" / category / "per_image.jsonl"
     if per_image.is_file():
         records = [json.loads(line) for line in per_image.read_text(encoding="utf-8").splitlines() if line]
-        records.sort(key=lambda record: -record["label"])
-        samples += [Sample(Path(r["path"]), r["label"], r["defect_type"], None) for r in records[:PARITY_TEST_IMAGES]]
+        records.sort(key=lambda record: -record["truth"])
+        samples += [Sample(Path(r["path"]), r["truth"], r["defect_type"], None) for r in records[:PARITY_TEST_IMAGES]]
     return samples
 
 
@@ -192,7 +184,10 @@ def export_bundle(
         manifest["files"] = {
             path.name: file_entry(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST_NAME
         }
-        validate_manifest(manifest)
+        try:
+            read_manifest(json.loads(json.dumps(manifest)))  # what the runtime checks at open, before anything ships
+        except BundleError as exc:
+            raise ExportError(f"the manifest this export wrote does not parse: {exc}") from exc
         write_json(staging / MANIFEST_NAME, manifest)
         move_into_place(staging, final)
     finally:

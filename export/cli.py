@@ -1,38 +1,24 @@
-"""pyimgano-export: a workbench run -> a verified bundle. Exit codes: pyimgano.runtime.exit_codes."""
+"""pyimgano-export: a workbench run -> a verified bundle. Exit codes: pyimgano.cli.errors."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from pyimgano.cli.errors import run_program
 from pyimgano.runtime.exit_codes import ExitCode
 
 
-def export_or_exit(
+def export_one(
     run_dir: Path, out_dir: Path, category: str | None, version: str, precision: str = "fp32", bank_rows: int | None = None
 ) -> None:
-    """Exports one bundle and prints where it went; on failure prints why and exits with its code."""
-    from pyimgano.config import ConfigError
-    from pyimgano.data.mvtec import DatasetError
-    from pyimgano.export.bundle_writer import ExportError, ParityError, export_bundle
+    """Exports one bundle and prints where it went; raises what the export raised."""
+    from pyimgano.export.bundle_writer import export_bundle
     from pyimgano.export.variants import Variant
-    from pyimgano.models.backbones import WeightsNotFoundError
-    from pyimgano.workbench.checkpoint import CheckpointError
 
-    try:
-        variant = Variant(precision=precision, bank_rows=bank_rows)
-        result = export_bundle(run_dir, out_dir, category=category, version=version, variant=variant)
-    except ParityError as exc:
-        click.echo(f"export refused: {exc}", err=True)
-        sys.exit(ExitCode.PARITY_REFUSED)
-    except (ExportError, DatasetError, WeightsNotFoundError, CheckpointError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(ExitCode.DATA_ERROR)
-    except ConfigError as exc:
-        click.echo(f"config error in {run_dir}/config.json: {exc}", err=True)
-        sys.exit(ExitCode.USAGE)
+    result = export_bundle(run_dir, out_dir, category=category, version=version,
+                           variant=Variant(precision=precision, bank_rows=bank_rows))
     parity = result.parity
     click.echo(
         f"bundle: {result.bundle_dir}\narchive: {result.archive}\n"
@@ -58,5 +44,9 @@ def export_or_exit(
                    "less exact); thresholds are recalibrated on the run's held-out images.")
 def main(run_dir, category, out_dir, bundle_version, precision, bank_rows):
     """Export a run's model as a bundle for pyimgano-infer."""
-    export_or_exit(run_dir, out_dir, category, bundle_version, precision, bank_rows)
-    sys.exit(ExitCode.OK)
+
+    def program() -> ExitCode:
+        export_one(run_dir, out_dir, category, bundle_version, precision, bank_rows)
+        return ExitCode.OK
+
+    run_program(program)

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pyimgano.config import WorkbenchConfig
+from pyimgano.config import WorkbenchConfig, input_contract
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, SCORE_NAME
 from pyimgano.runtime.engine import session_options
 from pyimgano.runtime.images import read_rgb
+from pyimgano.runtime.scoring import BatchScorer, MapSteps
 from pyimgano.workbench.calibration import calibrate
-from pyimgano.workbench.run import input_contract
-from pyimgano.workbench.scoring import ImageScoring
 
 
 class VariantError(Exception):
@@ -36,30 +35,30 @@ class Variant:
 
 
 class OnnxScorer:
-    """An exported graph as the detector ImageScoring drives, so that an int8 graph's thresholds are
-    calibrated on its own scores."""
+    """An exported graph as a batch scorer, so that an int8 graph's thresholds are calibrated on its own
+    scores (before the bundle around it exists)."""
 
-    trains = False
     batch_size = 8
 
     def __init__(self, onnx_path: Path):
         self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"])
 
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [self.session.run([SCORE_NAME, MAP_NAME], {INPUT_NAME: images[start : start + self.batch_size]})
                  for start in range(0, len(images), self.batch_size)]
         return tuple(np.concatenate(outputs).astype(np.float32) for outputs in zip(*parts))
 
 
-def recalibrate(scorer, config: WorkbenchConfig, report: dict, how: str) -> dict:
+def recalibrate(scorer: BatchScorer, config: WorkbenchConfig, report: dict, how: str) -> dict:
     """The report with thresholds and normalisation statistics calibrated again on the run's held-out
     images, scored by `scorer` (a variant's scores differ from the run's, so its thresholds must too)."""
     holdout = [Path(path) for path in report["calibration_images"]]
-    scoring = ImageScoring(scorer, input_contract(config), config.adaptation.tiling, batch_size=64)
+    steps = MapSteps(input_contract(config), config.adaptation.tiling, config.adaptation.postprocess)
     source = f"{len(holdout)} held-out train/good images of {report['category']}, {how}"
-    calibration = calibrate(scoring, lambda part: [read_rgb(path) for path in holdout[part]], len(holdout), config, source)
+    calibration = calibrate(scorer, steps, lambda part: [read_rgb(path) for path in holdout[part]], len(holdout),
+                            config, source)
     post = report["map_postprocess"]
-    stats = calibration.normalization.to_json() if calibration.normalization else None
+    stats = calibration.steps.normalization.to_json() if calibration.steps.normalization else None
     return {**report, "thresholds": calibration.thresholds, "map_postprocess": {**post, "stats": stats} if post else None}
 
 

@@ -7,7 +7,6 @@ expected type. Nothing is silently fixed: a value is used as written or refused.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
@@ -15,13 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from pyimgano.runtime import strict
 from pyimgano.runtime.defects import DefectsConfig
+from pyimgano.runtime.images import InputContract
 from pyimgano.runtime.postprocess import PostprocessConfig
 from pyimgano.runtime.tiling import TilingConfig
 
 
 class ConfigError(ValueError):
     """A config that cannot be used as written; the message names the key path."""
+
+
+def parse_section(cls: type, data: dict, path: str = ""):
+    """`strict.parse` with its error as a ConfigError (the workbench's own error for a bad config)."""
+    try:
+        return strict.parse(cls, data, path)
+    except strict.SchemaError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 @dataclass
@@ -110,84 +119,6 @@ INPUT_MODES = ("paths", "numpy")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(type_name(arg) for arg in typing.get_args(tp))
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"list of {type_name(args[0])}" if args else "list"
-    if dataclasses.is_dataclass(tp):
-        return "object"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
-        return _build(tp, value, path)
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{path}: expected a list of {len(args)} items, got {len(value)}")
-            return tuple(_convert(item, arg, f"{path}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
-        item_type = args[0] if args else Any
-        items = [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp in (str, bool):
-        if isinstance(value, tp):
-            return value
-    elif tp is Any:
-        return value
-    raise ConfigError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type, data: dict, path: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{path}.{key}" if path else key
-            nearest = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.0)
-            hint = f"; did you mean {(path + '.' if path else '') + nearest[0]!r}?" if nearest else ""
-            raise ConfigError(f"unknown key {where!r}{hint}")
-    kwargs = {}
-    for name, spec in fields.items():
-        where = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], where)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {where!r}")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:  # the runtime's own dataclasses validate their values on construction
-        raise ConfigError(f"{path or 'config'}: {exc}") from exc
-
-
 def _check_choice(value: str, choices: tuple[str, ...], path: str) -> None:
     if value not in choices:
         raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
@@ -231,7 +162,7 @@ def parse_config(data: dict) -> WorkbenchConfig:
     recipe = data.get("recipe", WorkbenchConfig.recipe)
     if not isinstance(recipe, str):
         raise ConfigError(f"recipe: expected string, got {type(recipe).__name__} {recipe!r}")
-    return validate(_build(WorkbenchConfig, merge_under(get_recipe(recipe).defaults, data), ""))
+    return validate(parse_section(WorkbenchConfig, merge_under(get_recipe(recipe).defaults, data)))
 
 
 def load_config_file(path: str | Path) -> WorkbenchConfig:
@@ -257,6 +188,12 @@ def load_config_file(path: str | Path) -> WorkbenchConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
     return parse_config(data)
+
+
+def input_contract(config: WorkbenchConfig) -> InputContract:
+    """What the model sees: the dataset's resize, RGB uint8 NHWC with ImageNet normalisation in the graph."""
+    height, width = config.dataset.resize
+    return InputContract(height=height, width=width)
 
 
 def to_json(config: WorkbenchConfig) -> dict:

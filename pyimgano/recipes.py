@@ -7,10 +7,10 @@ A recipe's defaults fill only what the config leaves out (a deep merge where the
 from __future__ import annotations
 
 import copy
-import difflib
 from dataclasses import dataclass, field
 
 from pyimgano.config import ConfigError
+from pyimgano.runtime.strict import nearest_key
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ RECIPES: dict[str, Recipe] = {
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        nearest = difflib.get_close_matches(name, list(RECIPES), n=1, cutoff=0.0)
-        raise ConfigError(f"recipe: {name!r} is not a builtin recipe; did you mean {nearest[0]!r}? (--list-recipes)")
+        raise ConfigError(f"recipe: {name!r} is not a builtin recipe; did you mean {nearest_key(name, RECIPES)!r}? (--list-recipes)")
     return RECIPES[name]
 
 

@@ -17,37 +17,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyimgano.runtime.images import InputContract
-from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig
-from pyimgano.runtime.tiling import TilingConfig
-
-FORMAT_NAME = "pyimgano-bundle"
-FORMAT_VERSION = "1.0"
-MANIFEST_NAME = "manifest.json"
-
-# Required top-level manifest keys; anything else is refused so that a typo cannot go unnoticed.
-MANIFEST_KEYS = frozenset(
-    {
-        "format",
-        "format_version",
-        "name",
-        "version",
-        "created_utc",
-        "pyimgano_version",
-        "model",
-        "input",
-        "outputs",
-        "thresholds",
-        "map_postprocess",
-        "defects",
-        "tiling",
-        "precision",
-        "onnx",
-        "parity",
-        "files",
-    }
-)
-THRESHOLD_KEYS = frozenset({"value", "method", "quantile", "count", "score_summary", "source"})
+from pyimgano.runtime.context import ScoringContext
+from pyimgano.runtime.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, parse_manifest
 
 
 class BundleError(Exception):
@@ -62,75 +33,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Threshold:
-    value: float
-    method: str
-    quantile: float | None
-    count: int
-    score_summary: dict
-    source: str
-
-    @classmethod
-    def from_json(cls, where: str, data: dict) -> "Threshold":
-        missing = THRESHOLD_KEYS - set(data)
-        if missing:
-            raise BundleError(f"{MANIFEST_NAME}: {where} lacks {sorted(missing)}")
-        if not isinstance(data["value"], (int, float)) or isinstance(data["value"], bool):
-            raise BundleError(f"{MANIFEST_NAME}: {where}.value must be a number, got {data['value']!r}")
-        return cls(**{key: data[key] for key in THRESHOLD_KEYS})
-
-
 @dataclass
 class Bundle:
     root: Path
-    manifest: dict
-    contract: InputContract
-    image_threshold: Threshold
-    pixel_threshold: Threshold
-    tiling: TilingConfig | None = None
-    postprocess: PostprocessConfig | None = None
-    normalization: NormalizationStats | None = None
+    manifest: Manifest
+    # What scoring needs, built once from the manifest.
+    context: ScoringContext
     # Keeps an archive's extraction directory alive as long as the bundle is in use.
     _scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     @property
     def model_path(self) -> Path:
-        return self.root / self.manifest["onnx"]["file"]
+        return self.root / self.manifest.onnx.file
 
 
-def _major(version: str) -> str:
-    return str(version).split(".", 1)[0]
+def read_manifest(data: dict) -> Manifest:
+    """The typed manifest, or a BundleError naming manifest.json and the key path."""
+    try:
+        return parse_manifest(data)
+    except ManifestError as exc:
+        raise BundleError(f"{MANIFEST_NAME}: {exc}") from exc
 
 
-def validate_manifest(manifest: dict) -> None:
-    """Checks the manifest's shape and format version. Raises BundleError naming what is wrong."""
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{MANIFEST_NAME}: top level must be an object")
-    missing = MANIFEST_KEYS - set(manifest)
-    unknown = set(manifest) - MANIFEST_KEYS
-    if missing:
-        raise BundleError(f"{MANIFEST_NAME}: missing keys {sorted(missing)}")
-    if unknown:
-        raise BundleError(f"{MANIFEST_NAME}: unknown keys {sorted(unknown)}")
-    if manifest["format"] != FORMAT_NAME:
-        raise BundleError(f"{MANIFEST_NAME}: format {manifest['format']!r} is not {FORMAT_NAME!r}")
-    if _major(manifest["format_version"]) != _major(FORMAT_VERSION):
-        raise BundleError(
-            f"{MANIFEST_NAME}: format_version {manifest['format_version']!r} is not supported by this runtime "
-            f"(it reads {_major(FORMAT_VERSION)}.x)"
-        )
-    files = manifest["files"]
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{MANIFEST_NAME}: 'files' must map file names to sha256 and size")
-    if manifest["onnx"].get("file") not in files:
-        raise BundleError(f"{MANIFEST_NAME}: onnx.file {manifest['onnx'].get('file')!r} is not listed in 'files'")
-    for key in ("image", "pixel"):
-        if key not in manifest["thresholds"]:
-            raise BundleError(f"{MANIFEST_NAME}: thresholds.{key} is missing")
-
-
-def verify_files(root: Path, files: dict) -> None:
+def verify_files(root: Path, files: dict[str, FileEntry]) -> None:
     """Refuses the bundle unless every listed file exists with the recorded size and sha256."""
     for name, entry in sorted(files.items()):
         # Names are plain relative paths; anything that climbs out of the bundle is refused.
@@ -140,11 +65,11 @@ def verify_files(root: Path, files: dict) -> None:
         if not path.is_file():
             raise BundleError(f"{name}: listed in {MANIFEST_NAME} but missing from the bundle")
         size = path.stat().st_size
-        if size != entry["size"]:
-            raise BundleError(f"{name}: size {size} bytes, manifest says {entry['size']} (file changed or truncated)")
+        if size != entry.size:
+            raise BundleError(f"{name}: size {size} bytes, manifest says {entry.size} (file changed or truncated)")
         digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise BundleError(f"{name}: sha256 {digest[:16]}... does not match the manifest ({entry['sha256'][:16]}...)")
+        if digest != entry.sha256:
+            raise BundleError(f"{name}: sha256 {digest[:16]}... does not match the manifest ({entry.sha256[:16]}...)")
 
 
 def _extract_archive(archive: Path) -> tempfile.TemporaryDirectory:
@@ -189,29 +114,11 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
         root = _bundle_root(search_root)
         try:
             manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from exc
-        validate_manifest(manifest)
-        verify_files(root, manifest["files"])
-        try:
-            contract = InputContract.from_json(manifest["input"])
-            tiling = TilingConfig.from_json(manifest["tiling"]) if manifest["tiling"] else None
-            post = manifest["map_postprocess"]
-            postprocess = PostprocessConfig.from_json(post["config"]) if post.get("config") else None
-            normalization = NormalizationStats.from_json(post["stats"]) if post.get("stats") else None
-        except (TypeError, KeyError, ValueError) as exc:
-            raise BundleError(f"{MANIFEST_NAME}: input, tiling or map_postprocess is invalid ({exc})") from exc
-        return Bundle(
-            root=root,
-            manifest=manifest,
-            contract=contract,
-            image_threshold=Threshold.from_json("thresholds.image", manifest["thresholds"]["image"]),
-            pixel_threshold=Threshold.from_json("thresholds.pixel", manifest["thresholds"]["pixel"]),
-            tiling=tiling,
-            postprocess=postprocess,
-            normalization=normalization,
-            _scratch=scratch,
-        )
+        typed = read_manifest(manifest)
+        verify_files(root, typed.files)
+        return Bundle(root=root, manifest=typed, context=ScoringContext.from_manifest(typed), _scratch=scratch)
     except BundleError:
         if scratch is not None:
             scratch.cleanup()
@@ -219,6 +126,7 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def file_entry(path: Path) -> dict:
+    """A `files` entry of the manifest, as JSON."""
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 

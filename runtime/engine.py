@@ -67,50 +67,13 @@ class Engine:
         self.session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=self.providers)
         # What the session actually got (ORT falls back to the CPU silently), read once, not per batch.
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        outputs = bundle.manifest["outputs"]
+        outputs = bundle.manifest.outputs
         self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [outputs["score"], outputs["map"]]
+        self.output_names = [outputs.score, outputs.map]
+        self.context = bundle.context
 
-    # The ScoringSource view of the bundle (runtime.inference).
-    @property
-    def name(self) -> str:
-        return f"{self.bundle.manifest['name']}-{self.bundle.manifest['version']}"
-
-    @property
-    def contract(self):
-        return self.bundle.contract
-
-    @property
-    def tiling(self):
-        return self.bundle.tiling
-
-    @property
-    def postprocess(self):
-        return self.bundle.postprocess
-
-    @property
-    def normalization(self):
-        return self.bundle.normalization
-
-    @property
-    def image_threshold(self) -> float:
-        return self.bundle.image_threshold.value
-
-    @property
-    def pixel_threshold(self) -> float:
-        return self.bundle.pixel_threshold.value
-
-    @property
-    def normal_pixel_quantiles(self) -> dict | None:
-        return self.bundle.manifest["thresholds"].get("normal_pixel_quantiles")
-
-    @property
-    def defects_defaults(self) -> dict:
-        return self.bundle.manifest["defects"]
-
-
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        contract = self.bundle.contract
+    def score_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contract = self.context.steps.contract
         expected = (contract.height, contract.width, 3)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != expected:
             raise EngineError(f"batch must be uint8 [B,{expected[0]},{expected[1]},3], got {batch.dtype} {batch.shape}")

@@ -1,4 +1,5 @@
-"""Scoring a list of image files through a scoring source: one JSONL record per input, in input order.
+"""Scoring a list of image files through a batch scorer and its scoring context: one JSONL record per
+input, in input order.
 
 A file that cannot be read gets an error record and no score; the others are still processed.
 """
@@ -8,17 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
-from pyimgano.runtime.defects import DefectsConfig, extract_regions, threshold_from_normal_quantiles
-from pyimgano.runtime.images import ImageReadError, InputContract, read_rgb
+from pyimgano.runtime.context import ScoringContext
+from pyimgano.runtime.defects import DefectsConfig, extract_regions
+from pyimgano.runtime.images import ImageReadError, read_rgb
 from pyimgano.runtime.progress import Progress
-from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig, apply_postprocess
-from pyimgano.runtime.tiling import TilingConfig
-from pyimgano.runtime.scoring import score_images
+from pyimgano.runtime.scoring import BatchScorer
 
 
 @dataclass(frozen=True)
@@ -29,38 +29,6 @@ class InferOptions:
     save_overlays: Path | None = None
     # Stop reading new inputs once this many have failed (their records are still written); None = never.
     max_errors: int | None = None
-    tiling: TilingConfig | None = None  # overrides the source's tiling (e.g. --tile-size on any bundle)
-
-
-class ScoringSource(Protocol):
-    """What the inference loop needs: the ONNX Engine over a bundle, or the workbench's torch model
-    loaded from a run directory (pyimgano.workbench.serve) — same records either way."""
-
-    name: str
-    device: str
-    contract: InputContract
-    tiling: TilingConfig | None
-    postprocess: PostprocessConfig | None
-    normalization: NormalizationStats | None
-    image_threshold: float
-    pixel_threshold: float
-    # {"q": [...], "values": [...]}: normal-pixel quantiles measured at training, or None.
-    normal_pixel_quantiles: dict | None
-    defects_defaults: dict
-
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def resolve_pixel_threshold(source: ScoringSource, config: DefectsConfig) -> float:
-    """`fixed` uses the configured value; `calibrated` the threshold calibrated at training time."""
-    if config.pixel_threshold_strategy == "fixed":
-        return float(config.pixel_threshold)
-    if config.pixel_threshold_strategy == "calibrated":
-        return source.pixel_threshold
-    if source.normal_pixel_quantiles is None:
-        raise ValueError("pixel_threshold_strategy normal_pixel_quantile needs the normal-pixel quantiles that "
-                         "newer exports store; re-export the bundle")
-    return threshold_from_normal_quantiles(source.normal_pixel_quantiles, config.pixel_normal_quantile)
 
 
 @dataclass
@@ -176,12 +144,12 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, 
 
 
 def run_inference(
-    source: ScoringSource, paths: list[Path], options: InferOptions, emit: Callable[[dict], None]
+    scorer: BatchScorer, context: ScoringContext, paths: list[Path], options: InferOptions,
+    emit: Callable[[dict], None],
 ) -> Summary:
-    image_threshold = source.image_threshold
+    image_threshold = context.image_threshold
     defects = options.defects
-    tiling = options.tiling or source.tiling
-    pixel_threshold = resolve_pixel_threshold(source, defects) if defects else source.pixel_threshold
+    pixel_threshold = context.pixel_threshold_for(defects) if defects else context.pixel_threshold
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     overlays = MaskWriter(options.save_overlays, "png", suffix="overlay") if options.save_overlays else None
     summary = Summary(images=len(paths))
@@ -206,12 +174,7 @@ def run_inference(
             slots.append(len(records))
             records.append({"input": str(path)})
         if images:
-            scores, maps = score_images(source.run, images, source.contract, tiling, options.batch_size,
-                                        summary.stage_seconds)
-            t0 = time.perf_counter()
-            if source.postprocess:
-                maps = [apply_postprocess(m, source.postprocess, source.normalization) for m in maps]
-            summary.stage_seconds["preprocess"] += time.perf_counter() - t0
+            scores, maps = context.steps.score(scorer, images, options.batch_size, summary.stage_seconds)
             for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
                 height, width = image.shape[:2]
                 label = int(score > image_threshold)

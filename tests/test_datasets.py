@@ -17,7 +17,8 @@ import pytest
 from conftest import DATA_ROOT, require_data
 from pyimgano.data.custom import load_custom_split
 from pyimgano.data.manifest import list_manifest_categories, load_manifest_split
-from pyimgano.data.mvtec import DatasetError, Sample, load_split
+from pyimgano.data.mvtec import load_split
+from pyimgano.data.types import DatasetError, Sample
 
 realdata = pytest.mark.realdata
 
@@ -61,10 +62,10 @@ def test_custom_layout_matches_mvtec_split(tmp_path):
     reference = load_split(DATA_ROOT, "piped_flr01")
 
     assert split.category == "flr-custom"
-    normal_test = [s for s in split.test if s.label == 0]
-    anomalous = [s for s in split.test if s.label == 1]
+    normal_test = [s for s in split.test if s.truth == 0]
+    anomalous = [s for s in split.test if s.truth == 1]
     assert (len(split.train), len(normal_test), len(anomalous)) == (32, 16, 48)
-    assert all(s.label == 0 and s.defect_type == "good" and s.mask_path is None for s in split.train)
+    assert all(s.truth == 0 and s.defect_type == "good" and s.mask_path is None for s in split.train)
     assert all(s.defect_type == "good" and s.mask_path is None for s in normal_test)
     assert all(s.defect_type == "anomaly" for s in anomalous)
     assert split.has_masks
@@ -74,14 +75,14 @@ def test_custom_layout_matches_mvtec_split(tmp_path):
     for ours, theirs in zip(split.train + split.test, reference.train + reference.test, strict=True):
         assert ours.path.name == theirs.path.name
         assert ours.path.resolve() == theirs.path.resolve()
-        assert (ours.label, ours.defect_type) == (theirs.label, renamed[theirs.defect_type])
+        assert (ours.truth, ours.defect_type) == (theirs.truth, renamed[theirs.defect_type])
         assert (ours.mask_path is None) == (theirs.mask_path is None)
 
     # Masks are copies, so equal bytes show each image got the mask of its own stem; the masks differ
     # from one another, so a mix-up would show.
     contents = set()
     for ours, theirs in zip(split.test, reference.test):
-        if ours.label == 1:
+        if ours.truth == 1:
             assert ours.mask_path == tmp_path / "flr" / "ground_truth" / "anomaly" / f"{ours.path.stem}_mask.png"
             assert ours.mask_path.read_bytes() == theirs.mask_path.read_bytes()
             contents.add(ours.mask_path.read_bytes())
@@ -99,7 +100,7 @@ def test_custom_flat_masks_folder_and_precedence(tmp_path):
     link(source / "ground_truth" / "impurity" / f"{anomalies[2].stem}_mask.png",
          root / "ground_truth" / "anomaly" / f"{both}_mask.png")
 
-    masks = {s.path.stem: s.mask_path for s in load_custom_split(root, "flr").test if s.label == 1}
+    masks = {s.path.stem: s.mask_path for s in load_custom_split(root, "flr").test if s.truth == 1}
     assert masks[anomalies[0].stem] is None
     assert masks[both] == root / "ground_truth" / "anomaly" / f"{both}_mask.png"
     for image in anomalies[2:]:
@@ -193,9 +194,9 @@ def test_manifest_split_keeps_groups_whole(magnetic_manifest, tmp_path, monkeypa
     split = load_manifest_split(manifest, "magnetic_tile", seed=0)
 
     assert len(split.train) + len(split.test) == 1340
-    assert all(s.label == 0 and s.defect_type == "good" for s in split.train)
-    assert sum(s.label for s in split.test) == 388
-    assert all(s.defect_type == ("anomaly" if s.label else "good") for s in split.test)
+    assert all(s.truth == 0 and s.defect_type == "good" for s in split.train)
+    assert sum(s.truth for s in split.test) == 388
+    assert all(s.defect_type == ("anomaly" if s.truth else "good") for s in split.test)
 
     train_groups, test_groups = groups_of(split.train, by_image), groups_of(split.test, by_image)
     assert not train_groups & test_groups
@@ -214,7 +215,7 @@ def test_manifest_resolves_paths_against_its_folder(magnetic_manifest, monkeypat
         assert sample.path.is_absolute() and sample.path.is_file()
         assert ".." not in sample.path.parts  # tidied for reports
         assert sample.path.resolve() in by_image
-    anomalous = [s for s in split.test if s.label == 1]
+    anomalous = [s for s in split.test if s.truth == 1]
     assert all(s.mask_path is not None and s.mask_path.is_file() for s in anomalous)
     for sample in anomalous:
         image = sample.path.resolve()

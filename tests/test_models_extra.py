@@ -125,18 +125,19 @@ def _export_parity(detector, images: np.ndarray, tmp_path) -> dict:
     graph = detector.graph()
     path = tmp_path / "model.onnx"
     export_graph(graph, images.shape[1], images.shape[2], path)
-    scores = np.sort(detector.predict_maps(images)[0])
+    scores = np.sort(detector.score_batch(images)[0])
     gap = int(np.argmax(np.diff(scores)))  # a threshold in the widest gap between scores
     return measure_parity(graph, path, images, threshold=float(scores[gap] + scores[gap + 1]) / 2.0)
 
 
 def _real_split(hw: int):
-    from pyimgano.data.mvtec import load_images, load_split
+    from pyimgano.data.mvtec import load_split
+    from pyimgano.data.types import load_images
 
     require_data("piped_flr01")
     contract = InputContract(height=hw, width=hw)
     split = load_split(DATA_ROOT, "piped_flr01")
-    labels = np.array([sample.label for sample in split.test])
+    labels = np.array([sample.truth for sample in split.test])
     return contract, load_images(split.train, contract), load_images(split.test, contract), labels
 
 
@@ -200,7 +201,7 @@ def test_padim_gaussians_and_mahalanobis_match_numpy_reference(padim_fitted, pad
     np.testing.assert_allclose(distances.numpy(), expected, rtol=1e-3)
 
     # Full map: bilinear upsampling then a sigma-4 Gaussian; image score = the map's maximum.
-    scores, maps = padim_fitted.predict_maps(test)
+    scores, maps = padim_fitted.score_batch(test)
     assert scores.dtype == maps.dtype == np.float32 and maps.shape == (4, HW, HW)
     for i in range(4):
         ref = _smooth_reference(expected[i].reshape(16, 16).astype(np.float32), (HW, HW))
@@ -210,7 +211,7 @@ def test_padim_gaussians_and_mahalanobis_match_numpy_reference(padim_fitted, pad
     for i in range(4):
         row, col = np.unravel_index(maps[i].argmax(), maps[i].shape)
         assert (row >= HW // 2, col >= HW // 2) == (i % 2 == 1, (i // 2) % 2 == 1)
-    clean_scores, _ = padim_fitted.predict_maps(_textured(4, seed=12))
+    clean_scores, _ = padim_fitted.score_batch(_textured(4, seed=12))
     assert scores.min() > clean_scores.max()
 
 
@@ -233,8 +234,8 @@ def test_padim_checkpoint_round_trip_and_mismatch(padim_fitted, tmp_path):
     fresh = VisionPadim(PADIM_PARAMS, CPU)
     assert checkpoint.load_into(fresh, path) is fresh
     test = _with_defects(_textured(3, seed=31), size=8)
-    s0, m0 = padim_fitted.predict_maps(test)
-    s1, m1 = fresh.predict_maps(test)
+    s0, m0 = padim_fitted.score_batch(test)
+    s1, m1 = fresh.score_batch(test)
     np.testing.assert_array_equal(s0, s1)
     np.testing.assert_array_equal(m0, m1)
     assert fresh.describe()["images_seen"] == 10
@@ -261,7 +262,7 @@ def test_padim_unfitted_and_resolve():
     with pytest.raises(NotFittedError, match="not fitted"):
         detector.graph()
     with pytest.raises(NotFittedError):
-        detector.predict_maps(_textured(1, seed=0))
+        detector.score_batch(_textured(1, seed=0))
     with pytest.raises(NotFittedError):
         detector.state()
 
@@ -292,7 +293,7 @@ def test_padim_real_piped_flr01_auroc():
     contract, train, test, labels = _real_split(128)
     detector = registry.get_model("vision_padim").build(ModelConfig(name="vision_padim"), contract, 0, CPU)
     detector.fit(train)
-    scores, maps = detector.predict_maps(test)
+    scores, maps = detector.score_batch(test)
     assert maps.shape == (len(test), 128, 128)
     # Measured: 1.000 (16 good vs 48 impurity, 128x128, n_features 100).
     assert roc_auc(labels, scores) >= 0.9
@@ -328,17 +329,17 @@ def test_autoencoder_trains_and_same_seed_is_identical(ae_fitted, ae_train):
     for key, value in ae_fitted.network.state_dict().items():
         assert torch.equal(value, twin.network.state_dict()[key]), key
     test = _with_defects(_textured(3, seed=41, hw=(AE_HW, AE_HW)), size=6)
-    np.testing.assert_array_equal(ae_fitted.predict_maps(test)[0], twin.predict_maps(test)[0])
+    np.testing.assert_array_equal(ae_fitted.score_batch(test)[0], twin.score_batch(test)[0])
 
     # fit's own epochs / lr override the params; another seed trains other weights.
     other = VisionAutoencoder(_ae_params(seed=1), CPU).fit(ae_train, epochs=1, lr=5e-4)
     assert len(other.train_losses_) == 1 and other.describe()["lr"] == 5e-4
-    assert not np.array_equal(other.predict_maps(test)[0], ae_fitted.predict_maps(test)[0])
+    assert not np.array_equal(other.score_batch(test)[0], ae_fitted.score_batch(test)[0])
 
 
 def test_autoencoder_map_and_score_match_direct_reconstruction(ae_fitted):
     test = _with_defects(_textured(4, seed=51, hw=(AE_HW, AE_HW)), size=8)
-    scores, maps = ae_fitted.predict_maps(test)
+    scores, maps = ae_fitted.score_batch(test)
     assert scores.dtype == maps.dtype == np.float32 and maps.shape == (4, AE_HW, AE_HW)
     x = torch.from_numpy(test).permute(0, 3, 1, 2).float() / 255.0  # [0, 1], no ImageNet normalisation
     ae_fitted.network.eval()
@@ -357,7 +358,7 @@ def test_autoencoder_pads_sides_not_multiple_of_16_and_exports(tmp_path):
     params = _ae_params(input_hw=(40, 36), epochs=1)
     detector = VisionAutoencoder(params, CPU).fit(_textured(6, seed=0, hw=(40, 36)))
     test = np.concatenate([_textured(2, seed=61, hw=(40, 36)), _with_defects(_textured(1, seed=62, hw=(40, 36)), 8)])
-    scores, maps = detector.predict_maps(test)
+    scores, maps = detector.score_batch(test)
     assert maps.shape == (3, 40, 36) and np.isfinite(scores).all()
     parity = _export_parity(detector, test, tmp_path)
     assert parity["max_rel_score_diff"] <= 1e-3 and parity["max_map_diff_rel_to_map_max"] <= 1e-3
@@ -389,8 +390,8 @@ def test_autoencoder_checkpoint_round_trip_and_mismatch(ae_fitted, tmp_path):
     assert checkpoint.load_into(fresh, path) is fresh
     assert fresh.train_losses_ == ae_fitted.train_losses_ and fresh.describe()["trained"] is True
     test = _with_defects(_textured(3, seed=81, hw=(AE_HW, AE_HW)), size=6)
-    s0, m0 = ae_fitted.predict_maps(test)
-    s1, m1 = fresh.predict_maps(test)
+    s0, m0 = ae_fitted.score_batch(test)
+    s1, m1 = fresh.score_batch(test)
     np.testing.assert_array_equal(s0, s1)
     np.testing.assert_array_equal(m0, m1)
 
@@ -421,8 +422,8 @@ def test_autoencoder_real_piped_flr01():
     config = ModelConfig(name="vision_autoencoder", batch_size=8)
     detector = registry.get_model("vision_autoencoder").build(config, contract, 0, CPU).fit(train, epochs=3)
     assert detector.train_losses_[-1] < detector.train_losses_[0]
-    scores, _ = detector.predict_maps(test)
-    train_scores, _ = detector.predict_maps(train)
+    scores, _ = detector.score_batch(test)
+    train_scores, _ = detector.score_batch(train)
     # Measured at seed 0: AUROC 0.996 (seeds 1, 2: 1.000, 0.982). Impurities are colour blobs the
     # briefly trained network cannot reproduce; the floor leaves room for other CPUs' float rounding.
     assert roc_auc(labels, scores) >= 0.9

@@ -326,7 +326,7 @@ def test_image_score_is_papers_reweighted_max_patch_score(pretrained, train_imag
     test = _grey_images(5, seed=11)
     test[0, :16, :16] = 255
     test[1, 40:56, 20:36] = (200, 30, 30)
-    scores, maps = detector.predict_maps(test)
+    scores, maps = detector.score_batch(test)
     assert scores.shape == (5,) and scores.dtype == np.float32
 
     feats, patch_scores, nearest = _patch_scores_reference(detector, test)
@@ -351,7 +351,7 @@ def test_image_score_is_papers_reweighted_max_patch_score(pretrained, train_imag
 
     plain = VisionPatchCore(_params(pretrained=pretrained, num_neighbors=1), CPU)
     plain.load_state(*detector.state())
-    plain_scores, plain_maps = plain.predict_maps(test)
+    plain_scores, plain_maps = plain.score_batch(test)
     np.testing.assert_allclose(plain_scores, patch_scores.max(dim=1).values.numpy(), rtol=1e-4)
     np.testing.assert_array_equal(plain_maps, maps)  # the map does not depend on num_neighbors
 
@@ -362,7 +362,7 @@ def test_num_neighbors_larger_than_bank_is_capped(train_images):
     rows = small.memory_bank_.shape[0]
     assert rows == math.ceil(len(train_images) * 64 * 0.01) < 50
     test = _grey_images(2, seed=12)
-    scores, _ = small.predict_maps(test)
+    scores, _ = small.score_batch(test)
     feats, patch_scores, nearest = _patch_scores_reference(small, test)
     bank = small.memory_bank_.double()
     expected = []
@@ -381,7 +381,7 @@ def test_anomaly_map_shape_location_and_reference(fitted):
                (slice(48, 64), slice(0, 16)), (slice(48, 64), slice(48, 64))]
     for image, (rows, cols) in zip(test, corners):
         image[rows, cols] = 255
-    _, maps = fitted.predict_maps(test)
+    _, maps = fitted.score_batch(test)
     assert maps.shape == (4, HW, HW) and maps.dtype == np.float32
 
     _, patch_scores, _ = _patch_scores_reference(fitted, test)
@@ -413,8 +413,8 @@ def test_same_seed_same_bank_and_scores(train_images):
     assert a.memory_bank_.shape == (192, 128)  # 6 images x 64 patches x 0.5, mobilenet 32 + 96 channels
     torch.testing.assert_close(a.memory_bank_, b.memory_bank_, rtol=0, atol=0)
     test = _grey_images(3, seed=31)
-    sa, ma = a.predict_maps(test)
-    sb, mb = b.predict_maps(test)
+    sa, ma = a.score_batch(test)
+    sb, mb = b.score_batch(test)
     np.testing.assert_array_equal(sa, sb)
     np.testing.assert_array_equal(ma, mb)
 
@@ -525,7 +525,7 @@ def test_unfitted_detector_refuses_to_score():
         detector.graph()
     assert "fit()" in str(info.value)
     with pytest.raises(NotFittedError, match="not fitted"):
-        detector.predict_maps(_grey_images(1, seed=0))
+        detector.score_batch(_grey_images(1, seed=0))
     with pytest.raises(NotFittedError):
         detector.state()
     assert detector.describe()["memory_bank_rows"] is None
@@ -541,8 +541,8 @@ def test_checkpoint_round_trip_and_width_mismatch(fitted, tmp_path):
     torch.testing.assert_close(fresh.memory_bank_, fitted.memory_bank_, rtol=0, atol=0)
     assert fresh.patches_seen_ == fitted.patches_seen_ == 6 * 64
     test = _grey_images(3, seed=41)
-    s0, m0 = fitted.predict_maps(test)
-    s1, m1 = fresh.predict_maps(test)
+    s0, m0 = fitted.score_batch(test)
+    s1, m1 = fresh.score_batch(test)
     np.testing.assert_array_equal(s0, s1)
     np.testing.assert_array_equal(m0, m1)
 

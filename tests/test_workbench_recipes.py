@@ -140,8 +140,8 @@ def test_highres_tiles_saves_maps_and_normalises_with_normal_statistics(highres_
     assert report["metrics"]["image"]["auroc"] >= 0.95
     per_image = [json.loads(line) for line in (run / "categories" / CATEGORY / "per_image.jsonl").read_text().splitlines()]
     # Normalised with the held-out normal pixels' 1st..99th percentiles: normal images' maps sit near [0, 1].
-    good_max = [r["map_max"] for r in per_image if r["label"] == 0]
-    bad_max = [r["map_max"] for r in per_image if r["label"] == 1]
+    good_max = [r["map_max"] for r in per_image if r["truth"] == 0]
+    bad_max = [r["map_max"] for r in per_image if r["truth"] == 1]
     assert np.median(good_max) < np.median(bad_max)
     for record in per_image[:5]:
         saved = np.load(run / record["map"]["path"])
@@ -167,7 +167,7 @@ def test_tiled_bundle_reproduces_the_workbench_and_from_run_agrees(highres_run, 
     for path, record in per_image.items():
         assert edge_records[path]["score"] == pytest.approx(record["score"], rel=1e-3)
         assert server_records[path]["score"] == pytest.approx(record["score"], rel=1e-5)
-        assert edge_records[path]["label"] == server_records[path]["label"] == record["predicted"]
+        assert edge_records[path]["label"] == server_records[path]["label"] == record["label"]
         assert edge_records[path]["map"]["max"] == pytest.approx(record["map_max"], rel=1e-3, abs=1e-3)
 
 

@@ -1,4 +1,4 @@
-"""pyimgano-infer: score images with a bundle on ONNX Runtime. Exit codes: pyimgano.runtime.exit_codes."""
+"""pyimgano-infer: score images with a bundle on ONNX Runtime. Exit codes: pyimgano.cli.errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
-from pyimgano.runtime.bundle import BundleError, open_bundle
+from pyimgano.cli.errors import UsageError, run_program
+from pyimgano.runtime import strict
+from pyimgano.runtime.bundle import open_bundle
 from pyimgano.runtime.defects import MASK_FORMATS, REGION_SORT_KEYS, THRESHOLD_STRATEGIES, DefectsConfig
-from pyimgano.runtime.engine import DEVICES, Engine, EngineError
+from pyimgano.runtime.engine import DEVICES, Engine
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
@@ -58,57 +60,59 @@ def defect_options(command):
     return command
 
 
-def defects_from_flags(defaults: dict, flags: dict) -> DefectsConfig:
+def defects_from_flags(defaults: DefectsConfig, flags: dict) -> DefectsConfig:
     """The defects block (bundle's, run's or --infer-config's) as defaults; each explicit flag overrides its key."""
-    config = DefectsConfig.from_json(defaults)
     overrides = {field: value for field, value in flags.items() if value is not None}
     if "pixel_threshold" in overrides and "pixel_threshold_strategy" not in overrides:
         overrides["pixel_threshold_strategy"] = "fixed"
-    return dataclasses.replace(config, enabled=True, **overrides)
+    try:
+        return dataclasses.replace(defaults, enabled=True, **overrides)
+    except ValueError as exc:  # DefectsConfig validates its values on construction
+        raise UsageError(f"--defect flags: {exc}") from exc
+
+
+def infer_config_defects(path: Path) -> DefectsConfig:
+    """The `defects` block of an infer_config.json, parsed as strictly as a bundle's."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--infer-config {path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("defects"), dict):
+        raise UsageError(f"--infer-config {path}: has no `defects` object")
+    try:
+        return strict.parse(DefectsConfig, data["defects"], "defects")
+    except strict.SchemaError as exc:
+        raise UsageError(f"--infer-config {path}: {exc}") from exc
 
 
 def tiling_from_flags(current: TilingConfig | None, size: int | None, stride: int | None, reduce: str | None):
     """--tile-size/--tile-stride/--tile-map-reduce over the source's tiling (stride defaults to the size)."""
     if size is None and stride is None and reduce is None:
-        return None
+        return current
     base = current.to_json() if current else {}
     tile_size = size if size is not None else base.get("tile_size")
     if tile_size is None:
-        raise ValueError("--tile-stride/--tile-map-reduce need --tile-size on a bundle without tiling")
-    return TilingConfig.from_json({**base, "tile_size": tile_size,
-                                   "stride": stride if stride is not None else base.get("stride", tile_size),
-                                   **({"map_reduce": reduce} if reduce else {})})
-
-
-class SourceError(Exception):
-    def __init__(self, code: ExitCode, message: str):
-        super().__init__(message)
-        self.code = code
+        raise UsageError("--tile-stride/--tile-map-reduce need --tile-size on a bundle without tiling")
+    try:
+        return TilingConfig.from_json({**base, "tile_size": tile_size,
+                                       "stride": stride if stride is not None else base.get("stride", tile_size),
+                                       **({"map_reduce": reduce} if reduce else {})})
+    except ValueError as exc:
+        raise UsageError(f"--tile-*: {exc}") from exc
 
 
 def open_source(bundle_path, run_dir, run_category, device, threads):
-    """The ONNX engine over a bundle, or (server side, needs torch) the model of a workbench run."""
+    """(batch scorer, scoring context): the ONNX engine over a bundle, or (server side, needs torch) the
+    model of a workbench run."""
     if (bundle_path is None) == (run_dir is None):
         raise click.UsageError("give exactly one of --bundle and --from-run")
     if bundle_path is not None:
-        try:
-            return Engine(open_bundle(bundle_path), device=device, intra_op_threads=threads)
-        except BundleError as exc:
-            raise SourceError(ExitCode.BUNDLE_REFUSED, f"bundle refused: {exc}") from exc
-        except EngineError as exc:
-            raise SourceError(ExitCode.USAGE, f"error: {exc}") from exc
+        engine = Engine(open_bundle(bundle_path), device=device, intra_op_threads=threads)
+        return engine, engine.context
     # Imported only here: the edge install has no torch, and --bundle never needs it.
-    from pyimgano.config import ConfigError
-    from pyimgano.models.backbones import WeightsNotFoundError
-    from pyimgano.workbench.checkpoint import CheckpointError
-    from pyimgano.workbench.serve import RunError, RunSource
+    from pyimgano.workbench.run_loader import open_run
 
-    try:
-        return RunSource(run_dir, run_category, device=device)
-    except ConfigError as exc:
-        raise SourceError(ExitCode.USAGE, f"error: {exc}") from exc
-    except (RunError, CheckpointError, WeightsNotFoundError) as exc:
-        raise SourceError(ExitCode.DATA_ERROR, f"error: {exc}") from exc
+    return open_run(run_dir, run_category, device=device)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,35 +150,31 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
               help="Stop reading new inputs after this many have failed.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the closing summary (images, errors, anomalous, images/s) to this file.")
-def main(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
-         save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce, continue_on_error,
-         max_errors, summary_json, **defect_flags):
+def main(**flags):
     """Score images with a pyimgano bundle (or a workbench run); one JSONL record per image."""
-    try:
-        source = open_source(bundle_path, run_dir, run_category, device, threads)
-    except SourceError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(exc.code)
-    paths = [path for spec in inputs for path in expand_inputs(spec)]
-    if not paths:
-        click.echo(f"error: no images found for --input {' '.join(inputs)}", err=True)
-        sys.exit(ExitCode.USAGE)
+    run_program(lambda: program(**flags))
+
+
+def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
+            save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
+            continue_on_error, max_errors, summary_json, **defect_flags) -> ExitCode:
     given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
     given += [name for name, value in (("--save-masks", save_masks), ("--infer-config", infer_config),
                                        ("--defects-regions-jsonl", defects_regions_jsonl)) if value]
     if given and not defects:
-        click.echo(f"error: {', '.join(given)} need --defects", err=True)
-        sys.exit(ExitCode.USAGE)
-    try:
-        defaults = json.loads(infer_config.read_text(encoding="utf-8"))["defects"] if infer_config else source.defects_defaults
-        defects_config = defects_from_flags(defaults, defect_flags) if defects else None
-        tiling = tiling_from_flags(source.tiling, tile_size, tile_stride, tile_map_reduce)
-    except (ValueError, KeyError, TypeError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(ExitCode.USAGE)
+        raise UsageError(f"{', '.join(given)} need --defects")
+    scorer, context = open_source(bundle_path, run_dir, run_category, device, threads)
+    paths = [path for spec in inputs for path in expand_inputs(spec)]
+    if not paths:
+        raise UsageError(f"no images found for --input {' '.join(inputs)}")
+    defaults = infer_config_defects(infer_config) if infer_config else context.defects
+    defects_config = defects_from_flags(defaults, defect_flags) if defects else None
+    context = context.with_tiling(tiling_from_flags(context.steps.tiling, tile_size, tile_stride, tile_map_reduce))
+    # Resolved before the first image, so a strategy this context cannot serve fails before any output.
+    if defects_config:
+        context.pixel_threshold_for(defects_config)
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
-                           save_overlays=save_overlays, tiling=tiling,
-                           max_errors=max_errors if continue_on_error else 1)
+                           save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1)
     out = open(save_jsonl, "w", encoding="utf-8") if save_jsonl else sys.stdout
     regions_out = open(defects_regions_jsonl, "w", encoding="utf-8") if defects_regions_jsonl else None
 
@@ -185,20 +185,17 @@ def main(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_s
                 regions_out.write(json.dumps({"input": record["input"], **region}) + "\n")
 
     try:
-        summary = run_inference(source, paths, options, emit)
-    except ValueError as exc:  # e.g. a defects strategy this source cannot serve
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(ExitCode.USAGE)
+        summary = run_inference(scorer, context, paths, options, emit)
     finally:
         if save_jsonl:
             out.close()
         if regions_out:
             regions_out.close()
-    report = {"source": source.name, "device": source.device, **summary.to_json()}
+    report = {"source": context.name, "device": str(scorer.device), **summary.to_json()}
     click.echo(json.dumps(report), err=True)
     if summary_json:
         summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    sys.exit(ExitCode.INPUT_ERRORS if summary.errors else ExitCode.OK)
+    return ExitCode.INPUT_ERRORS if summary.errors else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
-"""pyimgano-train: run a workbench recipe from a JSON/YAML config. Exit codes: pyimgano.runtime.exit_codes."""
+"""pyimgano-train: run a workbench recipe from a JSON/YAML config. Exit codes: pyimgano.cli.errors."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from pyimgano.cli.errors import RecipePlaceholderError, classify, run_program
 from pyimgano.config import ConfigError, json_schema, load_config_file, to_json, validate
 from pyimgano.recipes import RECIPES, get_recipe
 from pyimgano.runtime.exit_codes import ExitCode
@@ -97,54 +97,61 @@ def resolve(config_path: Path, root, category, device, output_dir):
 @click.option("--list-models", "show_models", is_flag=True, help="List the registered models and exit.")
 @click.option("--model-info", "model_name", metavar="NAME", help="Show a model's presets and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --list-*/--*-info: machine-readable output.")
-def main(config_path, root, category, device, output_dir, dry_run, export_infer_config, export_dir,
-         show_recipes, recipe_name, show_models, model_name, as_json):
+def main(**flags):
     """Fit, calibrate and evaluate a detector as the config says; write a run directory."""
-    try:
-        if show_recipes or recipe_name or show_models or model_name:
-            if show_recipes:
-                list_recipes(as_json)
-            if recipe_name:
-                recipe_info(recipe_name, as_json)
-            if show_models:
-                list_models(as_json)
-            if model_name:
-                model_info(model_name, as_json)
-            sys.exit(ExitCode.OK)
-        if config_path is None:
-            raise click.UsageError("--config is required (or one of --list-recipes, --recipe-info, --list-models, --model-info)")
-        config = resolve(config_path, root, category, device, output_dir)
-        if export_dir and not config.output.save_run:
-            raise ConfigError("--export-bundle needs output.save_run = true (the bundle is made from the run)")
-    except ConfigError as exc:
-        click.echo(f"config error: {exc}", err=True)
-        sys.exit(ExitCode.USAGE)
-    if dry_run:
-        click.echo(json.dumps(to_json(config), indent=2))
-        sys.exit(ExitCode.OK)
+    run_program(lambda: program(**flags))
+
+
+def program(config_path, root, category, device, output_dir, dry_run, export_infer_config, export_dir,
+            show_recipes, recipe_name, show_models, model_name, as_json) -> ExitCode:
+    if show_recipes or recipe_name or show_models or model_name:
+        if show_recipes:
+            list_recipes(as_json)
+        if recipe_name:
+            recipe_info(recipe_name, as_json)
+        if show_models:
+            list_models(as_json)
+        if model_name:
+            model_info(model_name, as_json)
+        return ExitCode.OK
+    if config_path is None:
+        raise click.UsageError("--config is required (or one of --list-recipes, --recipe-info, --list-models, --model-info)")
+    config = resolve(config_path, root, category, device, output_dir)
+    if export_dir and not config.output.save_run:
+        raise ConfigError("--export-bundle needs output.save_run = true (the bundle is made from the run)")
     recipe = get_recipe(config.recipe)
     if recipe.placeholder:
-        click.echo(f"recipe {recipe.name} is a placeholder: {recipe.summary}", err=True)
-        sys.exit(ExitCode.RECIPE_PLACEHOLDER)
+        raise RecipePlaceholderError(f"recipe {recipe.name} is a placeholder: {recipe.summary}")
+    if dry_run:
+        click.echo(json.dumps(to_json(config), indent=2))
+        return ExitCode.OK
 
     # torch is imported only once the config is known to be good, so config errors come back fast.
-    from pyimgano.data.mvtec import DatasetError
-    from pyimgano.models.backbones import WeightsNotFoundError
     from pyimgano.workbench.run import run_workbench
 
-    try:
-        report = run_workbench(config, export_infer_config=export_infer_config)
-    except ConfigError as exc:
-        click.echo(f"config error: {exc}", err=True)
-        sys.exit(ExitCode.USAGE)
-    except (DatasetError, WeightsNotFoundError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(ExitCode.DATA_ERROR)
+    report = run_workbench(config, export_infer_config=export_infer_config)
     click.echo(summary_table(report))
     click.echo(f"run directory: {config.output.output_dir}" if config.output.save_run else "run not saved (output.save_run = false)")
-    if export_dir:
-        from pyimgano.export.cli import export_or_exit
+    return export_all(Path(config.output.output_dir), export_dir, list(report["categories"])) if export_dir else ExitCode.OK
 
-        for name in report["categories"]:
-            export_or_exit(Path(config.output.output_dir), export_dir, name, "1")
-    sys.exit(ExitCode.OK)
+
+def export_all(run_dir: Path, export_dir: Path, categories: list[str]) -> ExitCode:
+    """Exports every category, each on its own: one that fails is reported and the others still export.
+    Returns OK, or the exit code of the first failure."""
+    from pyimgano.export.cli import export_one
+
+    failures: list[ExitCode] = []
+    for name in categories:
+        try:
+            export_one(run_dir, export_dir, name, "1")
+        except Exception as exc:  # noqa: BLE001 - re-raised unless the error table knows it
+            known = classify(exc)
+            if known is None:
+                raise
+            code, prefix = known
+            click.echo(f"{prefix}: category {name}: {exc}", err=True)
+            failures.append(code)
+    if failures:
+        click.echo(f"exported {len(categories) - len(failures)} of {len(categories)} categories", err=True)
+        return failures[0]
+    return ExitCode.OK

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyimgano.data.mvtec import GOOD, CategorySplit, DatasetError, Sample
+from pyimgano.data.types import GOOD, CategorySplit, DatasetError, Sample
 from pyimgano.runtime.images import IMAGE_SUFFIXES
 
 NORMAL = "normal"

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyimgano.data.mvtec import GOOD, CategorySplit, DatasetError, Sample
+from pyimgano.data.types import GOOD, CategorySplit, DatasetError, Sample
 
 ANOMALY = "anomaly"
 TRAIN, TEST = "train", "test"

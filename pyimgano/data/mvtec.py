@@ -8,38 +8,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pyimgano.runtime.images import IMAGE_SUFFIXES, ImageReadError, InputContract, read_rgb, to_contract
-
-GOOD = "good"
-
-
-class DatasetError(Exception):
-    """The dataset is missing, empty or holds an unreadable training image."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int  # 1 = anomalous
-    defect_type: str
-    mask_path: Path | None
-
-
-@dataclass(frozen=True)
-class CategorySplit:
-    category: str
-    train: list[Sample]
-    test: list[Sample]
-
-    @property
-    def has_masks(self) -> bool:
-        return any(sample.mask_path is not None for sample in self.test)
-
+from pyimgano.data.types import GOOD, CategorySplit, DatasetError, Sample
+from pyimgano.runtime.images import IMAGE_SUFFIXES
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -79,14 +51,3 @@ def load_split(root: str | Path, category: str) -> CategorySplit:
     if not test:
         raise DatasetError(f"{test_dir} holds no test images")
     return CategorySplit(category, train, test)
-
-
-def load_images(samples: list[Sample], contract: InputContract) -> np.ndarray:
-    """uint8 [N,H,W,3] at the contract's size. A dataset image that cannot be read is an error, named."""
-    out = np.empty((len(samples), contract.height, contract.width, 3), dtype=np.uint8)
-    for i, sample in enumerate(samples):
-        try:
-            out[i] = to_contract(read_rgb(sample.path), contract)
-        except ImageReadError as exc:
-            raise DatasetError(f"{sample.path}: {exc}") from exc
-    return out

@@ -7,7 +7,8 @@ from pathlib import Path
 from pyimgano.config import DatasetConfig
 from pyimgano.data.custom import load_custom_split
 from pyimgano.data.manifest import list_manifest_categories, load_manifest_split
-from pyimgano.data.mvtec import CategorySplit, list_categories, load_split
+from pyimgano.data.mvtec import list_categories, load_split
+from pyimgano.data.types import CategorySplit
 
 
 def list_dataset_categories(dataset: DatasetConfig) -> list[str]:

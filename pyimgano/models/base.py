@@ -19,7 +19,7 @@ class GraphDetector:
             yield torch.from_numpy(np.ascontiguousarray(images[start : start + self.params.batch_size])).to(self.device)
 
     @torch.no_grad()
-    def predict_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores [N], maps [N,H,W]) as float32 numpy arrays; higher = more anomalous."""
         graph = self.graph()
         scores, maps = [], []

@@ -6,7 +6,7 @@ a patch's anomaly score is its Mahalanobis distance to the Gaussian of its posit
 
 Two pieces, as for PatchCore: `PadimGraph`, the whole scoring path as one exportable torch module
 (uint8 NHWC in, image scores and anomaly maps out, per-position means and inverse covariances inside),
-and `VisionPadim`, the detector with the workbench contract (`fit`, `predict_maps`, `graph`,
+and `VisionPadim`, the detector with the workbench contract (`fit`, `score_batch`, `graph`,
 `describe`, `state`, `load_state`).
 
 Features: the backbone layers (for mobilenet_v2 features.3 / .6 / .13: strides 4, 8, 16) are upsampled

@@ -6,6 +6,7 @@ so both thresholds come from train/good images kept out of the bank.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,8 +14,9 @@ import numpy as np
 
 from pyimgano.config import WorkbenchConfig
 from pyimgano.runtime.defects import normal_pixel_quantiles
-from pyimgano.runtime.postprocess import NormalizationStats, apply_postprocess, calibrate_normalization
-from pyimgano.workbench.scoring import ImageScoring
+from pyimgano.runtime.postprocess import NormalizationStats, calibrate_normalization
+from pyimgano.runtime.scoring import BatchScorer, MapSteps
+from pyimgano.workbench.image_scoring import predict_chunked
 
 
 def score_summary(values: np.ndarray) -> dict:
@@ -30,7 +32,7 @@ def score_summary(values: np.ndarray) -> dict:
 
 
 def quantile_threshold(values: np.ndarray, quantile: float, method: str, source: str) -> dict:
-    """The threshold record the run report and the bundle manifest carry (keys as runtime.bundle.THRESHOLD_KEYS)."""
+    """The threshold record the run report and the bundle manifest carry (runtime.manifest.Threshold)."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
         raise ValueError(f"cannot calibrate {method}: no values from {source}")
@@ -53,20 +55,20 @@ def image_quantile(config: WorkbenchConfig) -> float:
 @dataclass(frozen=True)
 class Calibration:
     thresholds: dict  # image, pixel and the normal-pixel quantile table, as the report and manifest carry them
-    normalization: NormalizationStats | None  # map normalisation statistics, when the config post-processes maps
+    steps: MapSteps  # the scoring steps with the map normalisation statistics calibrated here
 
 
 def calibrate(
-    scoring: ImageScoring, load: Callable[[slice], list[np.ndarray]], count: int, config: WorkbenchConfig, source: str
+    scorer: BatchScorer, steps: MapSteps, load: Callable[[slice], list[np.ndarray]], count: int,
+    config: WorkbenchConfig, source: str,
 ) -> Calibration:
     """Scores `count` held-out normal images and calibrates both thresholds (and the map normalisation,
     first, so that the pixel threshold is in the post-processed units the edge sees)."""
-    postprocess = config.adaptation.postprocess
-    scores, maps = scoring.predict(load, count, "calibration")
-    stats = calibrate_normalization(maps, postprocess) if postprocess else None
-    if postprocess:
-        maps = [apply_postprocess(m, postprocess, stats) for m in maps]
-    normal_pixels = np.concatenate([m.ravel() for m in maps])
+    raw = dataclasses.replace(steps, postprocess=None, normalization=None)
+    scores, maps = predict_chunked(scorer, raw, load, count, "calibration")
+    stats: NormalizationStats | None = calibrate_normalization(maps, steps.postprocess) if steps.postprocess else None
+    calibrated = dataclasses.replace(steps, normalization=stats)
+    normal_pixels = np.concatenate([m.ravel() for m in calibrated.finish(maps)])
     del maps
     thresholds = {
         "image": quantile_threshold(scores, image_quantile(config), "normal_score_quantile", source),
@@ -74,4 +76,4 @@ def calibrate(
         # Lets deployment pick another pixel quantile (strategy normal_pixel_quantile) without refitting.
         "normal_pixel_quantiles": normal_pixel_quantiles(normal_pixels),
     }
-    return Calibration(thresholds, stats)
+    return Calibration(thresholds, calibrated)

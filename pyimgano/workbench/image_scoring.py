@@ -1,0 +1,41 @@
+"""A detector fitted on whole images (resized or tiled) and any batch scorer run over many images in
+chunks, with the runtime's own scoring steps, so the workbench computes what the edge computes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from pyimgano.config import TrainingConfig
+from pyimgano.runtime.progress import track
+from pyimgano.runtime.scoring import BatchScorer, MapSteps, model_inputs
+
+# Model inputs per chunk: bounds host memory; the detector splits a chunk further by model.batch_size.
+CHUNK = 64
+
+
+def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> dict:
+    """Fits on the images as the model sees them; says what training did, for the report."""
+    batch = np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images])
+    if training.enabled and detector.trains:
+        detector.fit(batch, epochs=training.epochs, lr=training.lr)
+        return {"enabled": True, "applied": True, "epochs": training.epochs, "lr": training.lr}
+    detector.fit(batch)
+    if training.enabled:
+        return {"enabled": True, "applied": False, "reason": f"{type(detector).__name__} does not train"}
+    return {"enabled": False, "applied": False}
+
+
+def predict_chunked(
+    scorer: BatchScorer, steps: MapSteps, load: Callable[[slice], list[np.ndarray]], count: int, label: str = "scoring"
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Scores and post-processed maps of `count` images, asking `load` for them in chunks (so `paths` mode
+    keeps only one chunk of decoded images in memory, and a terminal shows progress)."""
+    scores, maps = [], []
+    chunks = range(0, count, CHUNK)
+    for start in track(chunks, label, len(chunks)):
+        chunk_scores, chunk_maps = steps.score(scorer, load(slice(start, start + CHUNK)), CHUNK)
+        scores.append(chunk_scores)
+        maps.extend(chunk_maps)
+    return np.concatenate(scores), maps

@@ -1,0 +1,86 @@
+"""A fitted model and its scoring context loaded back from a run directory: for the exporter, and for
+server-side inference (`pyimgano-infer --from-run`), where it scores exactly as the edge engine does
+from a bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pyimgano.config import WorkbenchConfig, input_contract, parse_config
+from pyimgano.models.registry import get_model
+from pyimgano.runtime import strict
+from pyimgano.runtime.context import ScoringContext
+from pyimgano.runtime.manifest import MapPostprocess, ModelDescription, Thresholds
+from pyimgano.runtime.scoring import MapSteps
+from pyimgano.runtime.tiling import TilingConfig
+from pyimgano.workbench import checkpoint
+from pyimgano.workbench.devices import resolve_device
+
+
+class RunError(Exception):
+    """The run directory is missing what is needed, or the category is ambiguous."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str, dict]:
+    """The run's config, the category to use and its report."""
+    config = parse_config(_read_json(run_dir / "config.json"))
+    categories = sorted(_read_json(run_dir / "report.json")["categories"])
+    if category is None:
+        if len(categories) != 1:
+            raise RunError(
+                f"run {run_dir} holds categories {categories}: pass --category (pyimgano-export) "
+                "or --from-run-category (pyimgano-infer)"
+            )
+        category = categories[0]
+    if category not in categories:
+        raise RunError(f"category {category!r} is not in run {run_dir} (it holds {categories})")
+    return config, category, _read_json(run_dir / "categories" / category / "report.json")
+
+
+def load_detector(run_dir: Path, config: WorkbenchConfig, report: dict, device: torch.device):
+    detector = get_model(config.model.name).build(config.model, input_contract(config), config.seed, device)
+    return checkpoint.load_into(detector, run_dir / report["checkpoint"])
+
+
+def run_context(name: str, config: WorkbenchConfig, report: dict) -> ScoringContext:
+    """The scoring context of one category of a run, parsed with the manifest's own records."""
+    report_path = f"categories/{report.get('category')}/report.json"
+    try:
+        thresholds = strict.parse(Thresholds, report["thresholds"], "thresholds")
+        post = strict.parse(MapPostprocess, report["map_postprocess"] or {"config": None, "stats": None},
+                            "map_postprocess")
+        tiling = strict.parse(TilingConfig, report["tiling"], "tiling") if report.get("tiling") else None
+        model = ModelDescription.from_json({"family": config.model.name.removeprefix("vision_"),
+                                            "category": report["category"], "trained_utc": report["timestamp_utc"],
+                                            **report["model"]})
+    except strict.SchemaError as exc:
+        raise RunError(f"{report_path}: {exc}") from exc
+    except KeyError as exc:
+        raise RunError(f"{report_path}: missing key {exc}") from exc
+    return ScoringContext(
+        name=name,
+        steps=MapSteps(input_contract(config), tiling, post.config, post.stats),
+        thresholds=thresholds,
+        defects=config.defects,
+        model=model,
+    )
+
+
+def open_run(run_dir: Path, category: str | None = None, device: str = "auto"):
+    """(the run's torch detector, its scoring context): what `pyimgano-infer --from-run` scores with."""
+    run_dir = Path(run_dir)
+    config, category, report = load_run(run_dir, category)
+    detector = load_detector(run_dir, config, report, resolve_device(device))
+    return detector, run_context(f"run:{run_dir}:{category}", config, report)
