@@ -136,8 +136,9 @@ def export_bundle(
         except VariantError as exc:
             raise ExportError(str(exc)) from exc
     reference = detector.graph()
-    if variant.precision != "fp32" and config.model.name != "vision_patchcore":
-        raise ExportError(f"precision {variant.precision} is implemented for vision_patchcore only, not {config.model.name}")
+    if variant.precision not in detector.capabilities.precisions:
+        raise ExportError(f"precision {variant.precision} is not one {config.model.name} exports "
+                          f"(it exports {list(detector.capabilities.precisions)})")
     # int8 is a rewrite of the exported fp32 graph; fp16 is built in torch.
     exported = detector.graph("fp16") if variant.precision == "fp16" else reference
 

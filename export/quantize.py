@@ -23,8 +23,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from pyimgano.models.patchcore import BANK_SEARCH_PREFIX
+
 # Initializers holding the memory bank's chunks (PatchCoreGraph's MemoryBank buffers, as exported).
-BANK_ROWS_PREFIX = "bank.rows_"
+BANK_ROWS_PREFIX = BANK_SEARCH_PREFIX
 # Held-out images fed to the activation-range calibration; the calibrator keeps every intermediate
 # tensor of every image in memory, so a few dozen are the practical limit.
 CALIBRATION_IMAGES = 16

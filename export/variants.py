@@ -65,7 +65,7 @@ def recalibrate(scorer: BatchScorer, config: WorkbenchConfig, report: dict, how:
 def reduce_bank(detector, config: WorkbenchConfig, report: dict, rows: int) -> dict:
     """Shrinks the detector's bank to `rows` rows; returns the report with the new bank size. A smaller
     bank raises every distance, so the bundle must be recalibrated (`recalibrate`) before it ships."""
-    if not hasattr(detector, "reduce_bank"):
+    if not detector.capabilities.reducible_bank:
         raise VariantError(f"--bank-rows applies to memory-bank models; {config.model.name} has none")
     fitted_rows = int(report["model"]["memory_bank_rows"])
     try:

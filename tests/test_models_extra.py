@@ -258,7 +258,7 @@ def test_padim_checkpoint_round_trip_and_mismatch(padim_fitted, tmp_path):
 def test_padim_unfitted_and_resolve():
     detector = VisionPadim(_padim_params(layers=("features.3",)), CPU)
     assert detector.feature_dim == 24  # n_features capped at the channels there are
-    assert VisionPadim.trains is False
+    assert VisionPadim.capabilities.trains is False
     with pytest.raises(NotFittedError, match="not fitted"):
         detector.graph()
     with pytest.raises(NotFittedError):
@@ -320,7 +320,7 @@ def test_autoencoder_trains_and_same_seed_is_identical(ae_fitted, ae_train):
     info = ae_fitted.describe()
     assert info["trained"] is True and info["train_losses"] == losses and info["epochs"] == 3
     assert info["parameters"] == ae_fitted.parameter_count > 0
-    assert VisionAutoencoder.trains is True
+    assert VisionAutoencoder.capabilities.trains is True
 
     rng_before = torch.get_rng_state()
     twin = VisionAutoencoder(AE_PARAMS, CPU).fit(ae_train)

@@ -27,9 +27,9 @@ from pyimgano.models.backbones import (  # noqa: E402
     hub_checkpoint_dir,
     resolve_weights,
 )
+from pyimgano.models.base import NotFittedError  # noqa: E402
 from pyimgano.models.patchcore import (  # noqa: E402
     MemoryBank,
-    NotFittedError,
     PatchCoreParams,
     VisionPatchCore,
     adaptive_pool_matrix,
@@ -471,7 +471,8 @@ def test_build_feature_extractor_output_shapes():
 def test_register_model_duplicate_name_raises():
     before = registry.get_model("vision_patchcore")
     duplicate = registry.ModelEntry(
-        name="vision_patchcore", description="impostor", presets={}, default_preset="x", build=lambda *a: None
+        name="vision_patchcore", description="impostor", presets={}, default_preset="x", detector=VisionPatchCore,
+        resolve=lambda *a: None,
     )
     with pytest.raises(ValueError, match="already registered"):
         registry.register_model(duplicate)

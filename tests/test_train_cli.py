@@ -146,7 +146,7 @@ def test_precision_variants_are_patchcore_only(tmp_path, small_dataset):
     path = write_config(tmp_path, dataset={"root": str(small_dataset), "resize": [64, 64]},
                         model={"name": "vision_padim", "n_features": 50})
     assert CliRunner().invoke(train_main, ["--config", str(path)]).exit_code == ExitCode.OK
-    for flags, message in ((["--precision", "fp16"], "precision fp16 is implemented for vision_patchcore only"),
+    for flags, message in ((["--precision", "fp16"], "precision fp16 is not one vision_padim exports"),
                            (["--bank-rows", "10"], "--bank-rows applies to memory-bank models")):
         result = CliRunner().invoke(export_main, ["--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "b"), *flags])
         assert result.exit_code == ExitCode.DATA_ERROR and message in result.output, result.output

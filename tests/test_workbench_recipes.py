@@ -267,13 +267,26 @@ def test_micro_finetune_autoencoder_trains_and_writes_its_checkpoint(tmp_path):
     assert report["metrics"]["image"]["auroc"] >= 0.9
 
 
-def test_a_model_that_does_not_train_says_so(tmp_path):
-    require_data(CATEGORY)
-    path = write_config(tmp_path, training={"enabled": True, "epochs": 3}, dataset={
-        "name": "mvtec", "root": str(DATA_ROOT), "category": CATEGORY, "resize": [64, 64]})
-    train("--config", path)
-    report = json.loads((tmp_path / "run" / "categories" / CATEGORY / "report.json").read_text())
-    assert report["training"] == {"enabled": True, "applied": False, "reason": "VisionPatchCore does not train"}
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("model, training, fragment", [
+    ({}, {"enabled": True, "epochs": 3}, "training.enabled: vision_patchcore does not train"),
+    ({"name": "vision_autoencoder"}, {"enabled": False}, "training.enabled: vision_autoencoder trains"),
+    ({"n_features": 7}, {}, "model.n_features: vision_patchcore does not use it"),
+    ({"name": "vision_padim", "coreset_ratio": 0.1}, {}, "model.coreset_ratio: vision_padim does not use it"),
+    ({"name": "vision_autoencoder", "layers": ["x"]}, {}, "model.layers: vision_autoencoder does not use it"),
+    ({"preset": "industrial-magic"}, {}, "model.preset"),
+    ({"backbone": "vgg16"}, {}, "model.backbone"),
+])
+def test_a_knob_the_model_does_not_use_is_refused_before_anything_is_written(tmp_path, model, training, fragment,
+                                                                             dry_run):
+    """The issue's cases: knobs that were parsed and then silently ignored, and a wrong preset or backbone
+    that --dry-run accepted and the real run refused."""
+    path = write_config(tmp_path, model={"device": "cpu", **model}, training=training, dataset={
+        "name": "mvtec", "root": str(tmp_path / "nowhere"), "category": CATEGORY, "resize": [64, 64]})
+    result = train("--config", path, *(["--dry-run"] if dry_run else []), check=False)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_padim_exports_and_infers(tmp_path):

@@ -123,6 +123,10 @@ def program(config_path, root, category, device, output_dir, dry_run, export_inf
     if recipe.placeholder:
         raise RecipePlaceholderError(f"recipe {recipe.name} is a placeholder: {recipe.summary}")
     if dry_run:
+        # What the real run checks before it writes anything: model name, knobs, preset and backbone.
+        from pyimgano.models.registry import get_model
+
+        get_model(config.model.name).validate(config)
         click.echo(json.dumps(to_json(config), indent=2))
         return ExitCode.OK
 

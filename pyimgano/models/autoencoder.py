@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.config import ConfigError, ModelConfig
-from pyimgano.models.base import GraphDetector, NotFittedError
+from pyimgano.models.base import Capabilities, GraphDetector
 from pyimgano.models.maps import MapSmoother
 from pyimgano.runtime.images import InputContract
 
@@ -156,7 +156,8 @@ class AutoencoderGraph(nn.Module):
 class VisionAutoencoder(GraphDetector):
     """Convolutional autoencoder detector. Scores: higher = more anomalous (reconstruction error)."""
 
-    trains = True
+    capabilities = Capabilities(trains=True)
+    fitted_attribute = "train_losses_"
 
     def __init__(self, params: AutoencoderParams, device: torch.device):
         self.params = params
@@ -234,17 +235,14 @@ class VisionAutoencoder(GraphDetector):
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
 
-    def _fitted(self) -> bool:
-        return hasattr(self, "train_losses_")
-
-    def graph(self) -> AutoencoderGraph:
-        if not self._fitted():
-            raise NotFittedError("VisionAutoencoder is not fitted: call fit() or load a checkpoint first")
+    def graph(self, precision: str = "fp32") -> AutoencoderGraph:
+        self.check_fitted("build its graph")
+        self.check_precision(precision)
         self.network.eval()
         return AutoencoderGraph(self.network, self.params.input_hw).to(self.device).eval()
 
     def describe(self) -> dict:
-        fitted = self._fitted()
+        fitted = self.fitted
         return {
             # No pretrained backbone: the architecture's name stands in (bundle names use this key).
             "backbone": ARCHITECTURE,
@@ -265,8 +263,7 @@ class VisionAutoencoder(GraphDetector):
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        if not self._fitted():
-            raise NotFittedError("VisionAutoencoder is not fitted: nothing to save")
+        self.check_fitted("save its state")
         arrays = {key: value.detach().cpu().numpy() for key, value in self.network.state_dict().items()}
         return arrays, {"model": "vision_autoencoder", **self.describe()}
 
@@ -289,7 +286,3 @@ class VisionAutoencoder(GraphDetector):
         self.lr_ = meta.get("lr", self.params.lr)
         self.images_seen_ = meta.get("images_seen")
         return self
-
-
-def build_autoencoder(model: ModelConfig, contract: InputContract, seed: int, device: torch.device) -> VisionAutoencoder:
-    return VisionAutoencoder(resolve_autoencoder(model, contract, seed), device)

@@ -1,6 +1,15 @@
-"""What every detector shares: uint8 batches onto the device, and scoring through its exportable graph."""
+"""The detector contract every registered model keeps, and what the rest of the product may ask of it.
+
+scikit-learn's conventions: parameters stored in `__init__`, fitted state in attributes ending in `_`,
+`fit` returns self, a clear error when used unfitted, one score direction (higher = more anomalous).
+The exporter and the workbench ask `capabilities`, never a model's name.
+"""
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -10,9 +19,61 @@ class NotFittedError(RuntimeError):
     pass
 
 
-class GraphDetector:
-    """Subclasses provide `params.batch_size`, `device` and `graph()` (the module that is also exported),
-    so scoring in the workbench and in the bundle run the very same forward."""
+@dataclass(frozen=True)
+class Capabilities:
+    # `fit` runs a training loop that takes epochs and a learning rate (training.enabled must be true).
+    trains: bool = False
+    # Graph precisions the exporter may ask for (`graph(precision)`).
+    precisions: tuple[str, ...] = ("fp32",)
+    # `reduce_bank(rows)` keeps a coreset of a fitted memory bank (`pyimgano-export --bank-rows`).
+    reducible_bank: bool = False
+
+
+class GraphDetector(ABC):
+    """Subclasses provide `params.batch_size`, `device`, `capabilities`, the fitted attribute's name and
+    `graph()` (the module that is also exported), so scoring in the workbench and in the bundle run the
+    very same forward."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # The attribute `fit` sets last: present = fitted.
+    fitted_attribute: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "GraphDetector":
+        """Fits on uint8 [N,H,W,3] normal images; returns self."""
+
+    @abstractmethod
+    def graph(self, precision: str = "fp32") -> torch.nn.Module:
+        """The whole scoring path as one exportable module: uint8 NHWC in, (scores [B], maps [B,H,W]) out."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """JSON-ready description for reports and the bundle manifest's `model` block."""
+
+    @abstractmethod
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON metadata) that `load_state` restores exactly; nothing pickled."""
+
+    @abstractmethod
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "GraphDetector":
+        """Restores `state()`'s output; returns self."""
+
+    @property
+    def trains(self) -> bool:
+        return self.capabilities.trains
+
+    @property
+    def fitted(self) -> bool:
+        return hasattr(self, self.fitted_attribute)
+
+    def check_fitted(self, doing: str) -> None:
+        if not self.fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: cannot {doing}; call fit() or load a checkpoint first")
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.capabilities.precisions:
+            raise ValueError(f"precision {precision!r} is not one of {list(self.capabilities.precisions)} "
+                             f"for {type(self).__name__}")
 
     def _batches(self, images: np.ndarray):
         for start in range(0, len(images), self.params.batch_size):

@@ -35,7 +35,7 @@ from pyimgano.models.backbones import (
     get_backbone_spec,
     preset_and_backbone,
 )
-from pyimgano.models.base import GraphDetector, NotFittedError
+from pyimgano.models.base import Capabilities, GraphDetector
 from pyimgano.models.maps import MapSmoother
 from pyimgano.runtime.images import InputContract
 
@@ -182,7 +182,8 @@ class VisionPadim(GraphDetector):
     """PaDiM detector. Scores: higher = more anomalous, in raw Mahalanobis-distance units."""
 
     # PaDiM estimates Gaussians; it has no training loop (fit ignores epochs and lr).
-    trains = False
+    capabilities = Capabilities(trains=False)
+    fitted_attribute = "mean_"
 
     def __init__(self, params: PadimParams, device: torch.device):
         self.params = params
@@ -243,9 +244,9 @@ class VisionPadim(GraphDetector):
         self.images_seen_ = count
         return self
 
-    def graph(self) -> PadimGraph:
-        if not hasattr(self, "mean_"):
-            raise NotFittedError("VisionPadim is not fitted: call fit() or load a checkpoint first")
+    def graph(self, precision: str = "fp32") -> PadimGraph:
+        self.check_fitted("build its graph")
+        self.check_precision(precision)
         return PadimGraph(self.embedder, self.mean_, self.inv_cov_, self.params.input_hw).to(self.device).eval()
 
     def describe(self) -> dict:
@@ -266,8 +267,7 @@ class VisionPadim(GraphDetector):
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        if not hasattr(self, "mean_"):
-            raise NotFittedError("VisionPadim is not fitted: nothing to save")
+        self.check_fitted("save its state")
         arrays = {
             "mean": self.mean_.cpu().numpy(),
             "inv_cov": self.inv_cov_.cpu().numpy(),
@@ -308,7 +308,3 @@ class VisionPadim(GraphDetector):
         self.inv_cov_ = torch.from_numpy(np.ascontiguousarray(inv_cov, dtype=np.float32)).to(self.device)
         self.images_seen_ = meta.get("images_seen")
         return self
-
-
-def build_padim(model: ModelConfig, contract: InputContract, seed: int, device: torch.device) -> VisionPadim:
-    return VisionPadim(resolve_padim(model, contract, seed), device)

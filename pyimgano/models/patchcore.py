@@ -20,12 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
-from pyimgano.models.base import GraphDetector, NotFittedError
+from pyimgano.models.base import Capabilities, GraphDetector
 from pyimgano.models.maps import MapSmoother
 from pyimgano.runtime.progress import Progress, track
 
 # Graph precisions: the dtype of the backbone, projection and bank GEMM (everything else is float32).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# The bank's row blocks are buffers `rows_<n>` of the graph's `bank` module, so their ONNX initializers are
+# named `bank.rows_<n>`: how the int8 rewrite (export/quantize.py) finds the bank search's GEMMs.
+BANK_ROWS_BUFFER = "rows_"
+BANK_SEARCH_PREFIX = f"bank.{BANK_ROWS_BUFFER}"
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096
 # Coreset selection works on a random projection of this width (the paper's Johnson-Lindenstrauss step).
@@ -127,7 +131,7 @@ class MemoryBank(nn.Module):
         self.starts: list[int] = []
         for number, chunk in enumerate((bank - self.mean).split(chunk_rows)):
             stored = chunk.to(dtype).contiguous()
-            self.register_buffer(f"rows_{number}", stored)
+            self.register_buffer(f"{BANK_ROWS_BUFFER}{number}", stored)
             self.register_buffer(f"sq_norms_{number}", stored.float().pow(2).sum(dim=1))
             self.starts.append(number * chunk_rows)
         self.low_precision_key = dtype != torch.float32
@@ -140,7 +144,7 @@ class MemoryBank(nn.Module):
 
     def chunks(self):
         for number, start in enumerate(self.starts):
-            yield start, getattr(self, f"rows_{number}"), getattr(self, f"sq_norms_{number}")
+            yield start, getattr(self, f"{BANK_ROWS_BUFFER}{number}"), getattr(self, f"sq_norms_{number}")
 
     def centre(self, points: torch.Tensor) -> torch.Tensor:
         return points - self.mean
@@ -423,8 +427,10 @@ class PatchCoreParams:
 class VisionPatchCore(GraphDetector):
     """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
 
-    # The memory bank is collected, not trained: `fit` takes no epochs or learning rate.
-    trains = False
+    # The memory bank is collected, not trained: `fit` takes no epochs or learning rate. int8 is the
+    # exporter's rewrite of the fp32 graph, whose bank search it finds by BANK_SEARCH_PREFIX.
+    capabilities = Capabilities(trains=False, precisions=("fp32", "fp16", "int8"), reducible_bank=True)
+    fitted_attribute = "memory_bank_"
 
     def __init__(self, params: PatchCoreParams, device: torch.device):
         self.params = params
@@ -461,8 +467,7 @@ class VisionPatchCore(GraphDetector):
         """The scoring graph. precision "fp16" (for GPUs) runs the backbone, the projection and the ranking
         of bank rows in float16 (MemoryBank) and keeps the normalisation, the distance to the picked row,
         the image score and the map in float32."""
-        if not hasattr(self, "memory_bank_"):
-            raise NotFittedError("VisionPatchCore is not fitted: call fit() or load a checkpoint first")
+        self.check_fitted("build its graph")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
         embedder = self.embedder
@@ -477,8 +482,7 @@ class VisionPatchCore(GraphDetector):
 
     def reduce_bank(self, rows: int) -> "VisionPatchCore":
         """Keeps a greedy k-center coreset of `rows` rows of the fitted bank (a lighter, less exact model)."""
-        if not hasattr(self, "memory_bank_"):
-            raise NotFittedError("VisionPatchCore is not fitted: nothing to reduce")
+        self.check_fitted("reduce its bank")
         total = int(self.memory_bank_.shape[0])
         if not 1 <= rows < total:
             raise ValueError(f"a reduced bank needs between 1 and {total - 1} rows (the bank has {total}), got {rows}")
@@ -501,8 +505,7 @@ class VisionPatchCore(GraphDetector):
         }
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        if not hasattr(self, "memory_bank_"):
-            raise NotFittedError("VisionPatchCore is not fitted: nothing to save")
+        self.check_fitted("save its state")
         return {"memory_bank": self.memory_bank_.cpu().numpy()}, {"model": "vision_patchcore", **self.describe()}
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "VisionPatchCore":

@@ -5,21 +5,27 @@ Registering a name twice is an error, so two modules can never silently shadow e
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from pyimgano.config import ConfigError, ModelConfig
-from pyimgano.models.autoencoder import AUTOENCODER_PRESETS, build_autoencoder
+from pyimgano.config import ConfigError, ModelConfig, WorkbenchConfig, input_contract
+from pyimgano.models.autoencoder import AUTOENCODER_PRESETS, VisionAutoencoder, resolve_autoencoder
 from pyimgano.models.backbones import (
     backbone_fields,
     get_backbone_spec,
     preset_and_backbone,
 )
-from pyimgano.models.padim import PADIM_PRESETS, build_padim
+from pyimgano.models.base import GraphDetector
+from pyimgano.models.padim import PADIM_PRESETS, VisionPadim, resolve_padim
 from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore
 from pyimgano.runtime.images import InputContract
+
+# ModelConfig keys every model takes: the seed's keys and the scoring batch size.
+COMMON_KNOBS = frozenset({"name", "device", "preset", "pretrained", "contamination", "batch_size"})
+BACKBONE_KNOBS = frozenset({"backbone", "layers", "weights_path"})
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,37 @@ class ModelEntry:
     description: str
     presets: dict[str, dict]
     default_preset: str
-    build: Callable[[ModelConfig, InputContract, int, torch.device], object]
-    # Whether `fit` runs a training loop (takes epochs / lr); mirrors the detector class's `trains`.
-    trains: bool = False
+    detector: type[GraphDetector]
+    # The model config -> the detector's parameters (preset and backbone resolved, refused by name);
+    # needs no weights, so --dry-run can run it.
+    resolve: Callable[[ModelConfig, InputContract, int], object]
+    # ModelConfig keys this model reads beyond COMMON_KNOBS; setting any other is an error naming the model.
+    knobs: frozenset[str] = frozenset()
+
+    @property
+    def trains(self) -> bool:
+        return self.detector.capabilities.trains
+
+    def build(self, model: ModelConfig, contract: InputContract, seed: int, device: torch.device) -> GraphDetector:
+        return self.detector(self.resolve(model, contract, seed), device)
+
+    def validate(self, config: WorkbenchConfig) -> None:
+        """Everything the real run would refuse about the model, before anything is written: knobs the
+        model does not use, the training switch against what the model does, preset and backbone."""
+        defaults = ModelConfig()
+        for spec in dataclasses.fields(ModelConfig):
+            if spec.name in COMMON_KNOBS or spec.name in self.knobs:
+                continue
+            if getattr(config.model, spec.name) != getattr(defaults, spec.name):
+                raise ConfigError(f"model.{spec.name}: {self.name} does not use it (its keys: "
+                                  f"{sorted(COMMON_KNOBS | self.knobs)}); remove it")
+        if self.trains and not config.training.enabled:
+            raise ConfigError(f"training.enabled: {self.name} trains its network; set it true (with "
+                              "training.epochs and training.lr, or see recipe micro-finetune-autoencoder)")
+        if not self.trains and config.training.enabled:
+            raise ConfigError(f"training.enabled: {self.name} does not train (nothing takes epochs or lr); "
+                              "set it false")
+        self.resolve(config.model, input_contract(config), config.seed)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -76,17 +110,15 @@ def resolve_patchcore(model: ModelConfig, contract: InputContract, seed: int) ->
     )
 
 
-def _build_patchcore(model: ModelConfig, contract: InputContract, seed: int, device: torch.device) -> VisionPatchCore:
-    return VisionPatchCore(resolve_patchcore(model, contract, seed), device)
-
-
 register_model(
     ModelEntry(
         name="vision_patchcore",
         description="PatchCore: memory bank of ImageNet patch features, nearest-neighbour patch distance",
         presets=PATCHCORE_PRESETS,
         default_preset="industrial-balanced",
-        build=_build_patchcore,
+        detector=VisionPatchCore,
+        resolve=resolve_patchcore,
+        knobs=BACKBONE_KNOBS | {"coreset_ratio", "num_neighbors", "embed_dim"},
     )
 )
 
@@ -96,8 +128,9 @@ register_model(
         description="PaDiM: per-position Gaussian of ImageNet features (random channel subset), Mahalanobis distance",
         presets=PADIM_PRESETS,
         default_preset="industrial-balanced",
-        build=build_padim,
-        trains=False,
+        detector=VisionPadim,
+        resolve=resolve_padim,
+        knobs=BACKBONE_KNOBS | {"n_features"},
     )
 )
 
@@ -107,7 +140,9 @@ register_model(
         description="Convolutional autoencoder trained from scratch on normal images; reconstruction error",
         presets=AUTOENCODER_PRESETS,
         default_preset="industrial-balanced",
-        build=build_autoencoder,
-        trains=True,
+        detector=VisionAutoencoder,
+        resolve=resolve_autoencoder,
+        # its architecture's name may stand as the backbone (bundle names use it)
+        knobs=frozenset({"backbone"}),
     )
 )

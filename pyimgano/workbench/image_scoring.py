@@ -16,14 +16,13 @@ CHUNK = 64
 
 
 def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> dict:
-    """Fits on the images as the model sees them; says what training did, for the report."""
+    """Fits on the images as the model sees them; says what training did, for the report. (The model's
+    ModelEntry.validate has refused a training switch that does not match what the model does.)"""
     batch = np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images])
-    if training.enabled and detector.trains:
+    if detector.capabilities.trains:
         detector.fit(batch, epochs=training.epochs, lr=training.lr)
-        return {"enabled": True, "applied": True, "epochs": training.epochs, "lr": training.lr}
+        return {"enabled": True, "applied": True, "epochs": detector.epochs_, "lr": detector.lr_}
     detector.fit(batch)
-    if training.enabled:
-        return {"enabled": True, "applied": False, "reason": f"{type(detector).__name__} does not train"}
     return {"enabled": False, "applied": False}
 
 

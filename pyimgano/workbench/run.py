@@ -101,6 +101,7 @@ def infer_config(config: WorkbenchConfig, reports: dict[str, dict]) -> dict:
 
 def run_workbench(config: WorkbenchConfig, export_infer_config: bool = False) -> dict:
     """Runs every requested category and writes the run directory. Returns the top-level report."""
+    get_model(config.model.name).validate(config)  # before anything is written
     device = resolve_device(config.model.device)
     categories = (
         list_dataset_categories(config.dataset) if config.dataset.category == "all" else [config.dataset.category]
