@@ -142,11 +142,11 @@ class ModelDescription:
         return self.details.get("backbone")
 
     @classmethod
-    def from_json(cls, data: Any, path: str = "model") -> "ModelDescription":
+    def parse_json(cls, data: Any, path: str = "model") -> "ModelDescription":
         if not isinstance(data, dict):
             raise strict.SchemaError(f"{path}: expected an object, got {type(data).__name__}")
         typed = {spec.name for spec in dataclasses.fields(cls)} - {"details"}
-        known = strict.parse(_ModelKeys, {key: data[key] for key in typed if key in data}, path)
+        known = strict.parse(_ModelKeys, {key: data[key] for key in typed if key in data}, path)  # the typed part
         return cls(**dataclasses.asdict(known), details={k: v for k, v in data.items() if k not in typed})
 
     def to_json(self) -> dict:
@@ -160,29 +160,6 @@ class _ModelKeys:
     category: str
     name: str
     trained_utc: str
-
-
-@dataclass(frozen=True)
-class _ManifestKeys:
-    """The manifest's keys as the strict parser sees them; `model` is parsed by ModelDescription."""
-
-    format: str
-    format_version: str
-    name: str
-    version: str
-    created_utc: str
-    pyimgano_version: str
-    model: dict
-    input: InputContract
-    outputs: Outputs
-    thresholds: Thresholds
-    map_postprocess: MapPostprocess
-    defects: DefectsConfig
-    tiling: TilingConfig | None
-    precision: str
-    onnx: OnnxInfo
-    parity: Parity
-    files: dict[str, FileEntry]
 
 
 @dataclass(frozen=True)
@@ -235,11 +212,9 @@ def parse_manifest(data: Any) -> Manifest:
         raise ManifestError("top level must be an object")
     check_format(data)
     try:
-        keys = strict.parse(_ManifestKeys, data)
-        model = ModelDescription.from_json(keys.model)
+        manifest = strict.parse(Manifest, data)
     except strict.SchemaError as exc:
         raise ManifestError(str(exc)) from exc
-    manifest = Manifest(**{**{f.name: getattr(keys, f.name) for f in dataclasses.fields(keys)}, "model": model})
     if not manifest.files:
         raise ManifestError("files: must list the bundle's files with sha256 and size")
     if manifest.onnx.file not in manifest.files:

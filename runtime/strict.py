@@ -61,6 +61,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                     raise exc
                 continue
         raise SchemaError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
+    # A record that is not all typed fields (e.g. a free-form tail) parses itself, as strictly as it can.
+    own_parser = getattr(tp, "parse_json", None)
+    if own_parser is not None:
+        return own_parser(value, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SchemaError(f"{path}: expected an object, got {type(value).__name__}")

@@ -62,7 +62,7 @@ def run_context(name: str, config: WorkbenchConfig, report: dict) -> ScoringCont
         post = strict.parse(MapPostprocess, report["map_postprocess"] or {"config": None, "stats": None},
                             "map_postprocess")
         tiling = strict.parse(TilingConfig, report["tiling"], "tiling") if report.get("tiling") else None
-        model = ModelDescription.from_json({"family": config.model.name.removeprefix("vision_"),
+        model = ModelDescription.parse_json({"family": config.model.name.removeprefix("vision_"),
                                             "category": report["category"], "trained_utc": report["timestamp_utc"],
                                             **report["model"]})
     except strict.SchemaError as exc:
