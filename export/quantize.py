@@ -25,8 +25,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pyimgano.models.patchcore import BANK_SEARCH_PREFIX
 
-# Initializers holding the memory bank's chunks (PatchCoreGraph's MemoryBank buffers, as exported).
-BANK_ROWS_PREFIX = BANK_SEARCH_PREFIX
 # Held-out images fed to the activation-range calibration; the calibrator keeps every intermediate
 # tensor of every image in memory, so a few dozen are the practical limit.
 CALIBRATION_IMAGES = 16
@@ -39,7 +37,7 @@ class QuantizeError(Exception):
 def _is_search_gemm(node: onnx.NodeProto, initializers: dict, consumers: dict) -> bool:
     """A bank chunk GEMM of the nearest-neighbour search (not the anchor's neighbourhood, which feeds a
     concatenation for top-k and must rank exactly)."""
-    if node.op_type != "Gemm" or not node.input[1].startswith(BANK_ROWS_PREFIX) or node.input[1] not in initializers:
+    if node.op_type != "Gemm" or not node.input[1].startswith(BANK_SEARCH_PREFIX) or node.input[1] not in initializers:
         return False
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if attributes.get("transB") != 1 or attributes.get("alpha") != -2.0 or attributes.get("beta", 1.0) != 1.0:
@@ -82,7 +80,7 @@ def quantize_bank_search(model: onnx.ModelProto) -> int:
         ]
         rewritten += 1
     if not rewritten:
-        raise QuantizeError(f"no nearest-neighbour GEMM over {BANK_ROWS_PREFIX}* initializers found to quantize")
+        raise QuantizeError(f"no nearest-neighbour GEMM over {BANK_SEARCH_PREFIX}* initializers found to quantize")
     del graph.node[:]
     graph.node.extend(nodes)
     return rewritten

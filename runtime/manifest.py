@@ -143,23 +143,11 @@ class ModelDescription:
 
     @classmethod
     def parse_json(cls, data: Any, path: str = "model") -> "ModelDescription":
-        if not isinstance(data, dict):
-            raise strict.SchemaError(f"{path}: expected an object, got {type(data).__name__}")
-        typed = {spec.name for spec in dataclasses.fields(cls)} - {"details"}
-        known = strict.parse(_ModelKeys, {key: data[key] for key in typed if key in data}, path)  # the typed part
-        return cls(**dataclasses.asdict(known), details={k: v for k, v in data.items() if k not in typed})
+        return strict.parse(cls, data, path, rest="details")
 
     def to_json(self) -> dict:
         return {"family": self.family, "category": self.category, "name": self.name,
                 "trained_utc": self.trained_utc, **self.details}
-
-
-@dataclass(frozen=True)
-class _ModelKeys:
-    family: str
-    category: str
-    name: str
-    trained_utc: str
 
 
 @dataclass(frozen=True)

@@ -101,16 +101,17 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise SchemaError(f"{path}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def parse(cls: type, data: dict, path: str = "") -> Any:
-    """`cls` built from `data`, every key checked against its fields, recursively."""
+def parse(cls: type, data: dict, path: str = "", rest: str | None = None) -> Any:
+    """`cls` built from `data`, every key checked against its fields, recursively. With `rest`, the keys
+    that are not fields go into that (dict) field instead of being refused: a record's free-form tail."""
     if not isinstance(data, dict):
         raise SchemaError(f"{path or 'top level'}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise unknown_key_error(key, fields, path)
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != rest}
+    unknown = {key: value for key, value in data.items() if key not in fields}
+    if unknown and rest is None:
+        raise unknown_key_error(next(iter(unknown)), fields, path)
+    kwargs = {rest: unknown} if rest is not None else {}
     for name, spec in fields.items():
         where = f"{path}.{name}" if path else name
         if name in data:
