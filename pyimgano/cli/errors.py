@@ -51,16 +51,23 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     return None
 
 
+def report(exc: Exception, about: str = "") -> ExitCode:
+    """Prints a known error as one line (`PREFIX: [about: ]message`) and returns its exit code; an
+    error the table does not know is re-raised with its traceback."""
+    known = classify(exc)
+    if known is None:
+        raise exc
+    code, prefix = known
+    click.echo(f"{prefix}: {about + ': ' if about else ''}{exc}", err=True)
+    return code
+
+
 def run_program(program: Callable[[], ExitCode]) -> None:
     """Runs `program` and exits with its code, or with the code of the known error it raised."""
     try:
         code = program()
     except click.ClickException:
         raise  # click's own usage errors print and exit (2) as click does
-    except Exception as exc:  # noqa: BLE001 - re-raised below unless ERRORS knows it
-        known = classify(exc)
-        if known is None:
-            raise
-        code, prefix = known
-        click.echo(f"{prefix}: {exc}", err=True)
+    except Exception as exc:  # noqa: BLE001 - report() re-raises what ERRORS does not know
+        code = report(exc)
     sys.exit(int(code))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from pyimgano.cli.errors import RecipePlaceholderError, classify, run_program
+from pyimgano.cli import errors
+from pyimgano.cli.errors import RecipePlaceholderError, run_program
 from pyimgano.config import ConfigError, json_schema, load_config_file, to_json, validate
 from pyimgano.recipes import RECIPES, get_recipe
 from pyimgano.runtime.exit_codes import ExitCode
@@ -148,13 +149,8 @@ def export_all(run_dir: Path, export_dir: Path, categories: list[str]) -> ExitCo
     for name in categories:
         try:
             export_one(run_dir, export_dir, name, "1")
-        except Exception as exc:  # noqa: BLE001 - re-raised unless the error table knows it
-            known = classify(exc)
-            if known is None:
-                raise
-            code, prefix = known
-            click.echo(f"{prefix}: category {name}: {exc}", err=True)
-            failures.append(code)
+        except Exception as exc:  # noqa: BLE001 - errors.report re-raises what its table does not know
+            failures.append(errors.report(exc, about=f"category {name}"))
     if failures:
         click.echo(f"exported {len(categories) - len(failures)} of {len(categories)} categories", err=True)
         return failures[0]
