@@ -18,7 +18,7 @@ from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, 
 from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, write_archive
 from pyimgano.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 from pyimgano.workbench.artifacts import utc_now, write_json
-from pyimgano.workbench.run_loader import RunError, load_detector, load_run
+from pyimgano.workbench.run_loader import RunError, load_detector, load_run, model_block
 
 # The bundle's image scores may differ from the fp32 torch model's by at most this, relative, on the
 # parity images. fp32: the rounding of another kernel order. fp16 and int8 are approximations (measured
@@ -60,7 +60,7 @@ def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
 
 
 def build_manifest(
-    name: str, version: str, config: WorkbenchConfig, category: str, report: dict, parity: dict, files: dict,
+    name: str, version: str, config: WorkbenchConfig, report: dict, parity: dict, files: dict,
     precision: str = "fp32",
 ) -> dict:
     contract = input_contract(config)
@@ -71,7 +71,7 @@ def build_manifest(
         "version": version,
         "created_utc": utc_now(),
         "pyimgano_version": __version__,
-        "model": {"family": config.model.name.removeprefix("vision_"), "category": category, "trained_utc": report["timestamp_utc"], **report["model"]},
+        "model": model_block(config, report),
         "input": contract.to_json(),
         "outputs": {
             "score": SCORE_NAME,
@@ -180,7 +180,7 @@ def export_bundle(
                 "no bundle written"
             )
         # infer_config.json repeats manifest fields; write it first so the manifest can checksum it.
-        manifest = build_manifest(name, version, config, category, report, parity, files={}, precision=variant.precision)
+        manifest = build_manifest(name, version, config, report, parity, files={}, precision=variant.precision)
         write_json(staging / "infer_config.json", infer_config(manifest))
         manifest["files"] = {
             path.name: file_entry(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST_NAME

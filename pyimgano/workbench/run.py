@@ -23,8 +23,8 @@ from pyimgano.workbench.samples import image_loader, partition, read_images, rea
 def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: torch.device) -> dict:
     split = load_dataset_split(config.dataset, category, config.seed)
     parts = partition(split, config)
-    detector = get_model(config.model.name).build(config.model, input_contract(config), config.seed, device)
     steps = MapSteps(input_contract(config), config.adaptation.tiling, config.adaptation.postprocess)
+    detector = get_model(config.model.name).build(config.model, steps.contract, config.seed, device)
 
     started = time.perf_counter()
     training = fit_detector(detector, read_images(parts.fit), steps, config.training)

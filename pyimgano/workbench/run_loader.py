@@ -54,6 +54,12 @@ def load_detector(run_dir: Path, config: WorkbenchConfig, report: dict, device: 
     return checkpoint.load_into(detector, run_dir / report["checkpoint"])
 
 
+def model_block(config: WorkbenchConfig, report: dict) -> dict:
+    """A category's model description as the manifest's `model` block carries it (ModelDescription)."""
+    return {"family": config.model.name.removeprefix("vision_"), "category": report["category"],
+            "trained_utc": report["timestamp_utc"], **report["model"]}
+
+
 def run_context(name: str, config: WorkbenchConfig, report: dict) -> ScoringContext:
     """The scoring context of one category of a run, parsed with the manifest's own records."""
     report_path = f"categories/{report.get('category')}/report.json"
@@ -62,9 +68,7 @@ def run_context(name: str, config: WorkbenchConfig, report: dict) -> ScoringCont
         post = strict.parse(MapPostprocess, report["map_postprocess"] or {"config": None, "stats": None},
                             "map_postprocess")
         tiling = strict.parse(TilingConfig, report["tiling"], "tiling") if report.get("tiling") else None
-        model = ModelDescription.parse_json({"family": config.model.name.removeprefix("vision_"),
-                                            "category": report["category"], "trained_utc": report["timestamp_utc"],
-                                            **report["model"]})
+        model = ModelDescription.parse_json(model_block(config, report))
     except strict.SchemaError as exc:
         raise RunError(f"{report_path}: {exc}") from exc
     except KeyError as exc:
