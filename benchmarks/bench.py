@@ -140,21 +140,24 @@ def train_timing(work: Path) -> dict:
     import torch
 
     from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
-    from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore, greedy_coreset, screen_pays_off
+    from pyimgano.models.coreset import greedy_coreset, rows_for_ratio, screen_pays_off
+    from pyimgano.models.patchcore import VisionPatchCore
+    from pyimgano.models.patchcore_spec import PatchCoreParams
     from pyimgano.runtime.images import InputContract, expand_inputs, read_rgb, to_contract
 
     root = generate_dataset(work / "train700", SyntheticSpec(n_train=700, n_test_good=1, n_test_per_defect=1))
     contract = InputContract(256, 256)
     images = np.stack([to_contract(read_rgb(p), contract) for p in expand_inputs(str(root / "train" / "good"))])
-    params = PatchCoreParams("mobilenet_v2", ("features.6", "features.13"), 0.1, 9, 1024, False, None,
-                             (256, 256), contract.mean, contract.std, 0, 16)
+    params = PatchCoreParams(backbone="mobilenet_v2", layers=("features.6", "features.13"), coreset_ratio=0.1,
+                             num_neighbors=9, embed_dim=1024, pretrained=False, weights_path=None,
+                             input_hw=(256, 256), mean=contract.mean, std=contract.std, seed=0, batch_size=16)
     detector = VisionPatchCore(params, torch.device("cpu"))
     started = time.perf_counter()
     features = detector.embed(images)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
     screen = screen_pays_off(features.device)  # what greedy_coreset decides by default, recorded
-    greedy_coreset(features, 0.1, 0, screen=screen)
+    greedy_coreset(features, rows_for_ratio(len(features), 0.1), 0, screen=screen)
     coreset_s = time.perf_counter() - started
     return {"images": len(images), "patches": int(features.shape[0]), "embed_s": round(embed_s, 1),
             "coreset_10pct_s": round(coreset_s, 1), "coreset_bfloat16_screen": screen,

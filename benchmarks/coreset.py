@@ -17,19 +17,21 @@ from pathlib import Path
 
 import torch
 
-from pyimgano.models.patchcore import greedy_coreset
+from pyimgano.models.coreset import greedy_coreset, rows_for_ratio
 
 
 def embed_folder(folder: Path) -> tuple[torch.Tensor, dict]:
     import numpy as np
 
-    from pyimgano.models.patchcore import PatchCoreParams, VisionPatchCore
+    from pyimgano.models.patchcore import VisionPatchCore
+    from pyimgano.models.patchcore_spec import PatchCoreParams
     from pyimgano.runtime.images import InputContract, expand_inputs, read_rgb, to_contract
 
     contract = InputContract(256, 256)
     images = np.stack([to_contract(read_rgb(path), contract) for path in expand_inputs(str(folder))])
-    params = PatchCoreParams("mobilenet_v2", ("features.6", "features.13"), 0.1, 9, 1024, True, None,
-                             (256, 256), contract.mean, contract.std, 0, 16)
+    params = PatchCoreParams(backbone="mobilenet_v2", layers=("features.6", "features.13"), coreset_ratio=0.1,
+                             num_neighbors=9, embed_dim=1024, pretrained=True, weights_path=None,
+                             input_hw=(256, 256), mean=contract.mean, std=contract.std, seed=0, batch_size=16)
     started = time.perf_counter()
     features = VisionPatchCore(params, torch.device("cpu")).embed(images)
     return features, {"images": len(images), "source": str(folder), "embed_seconds": round(time.perf_counter() - started, 1)}
@@ -56,7 +58,7 @@ def main() -> None:
     rows = rows.to(args.device)
     screen = {"auto": None, "on": True, "off": False}[args.screen]
     started = time.perf_counter()
-    selected = greedy_coreset(rows, args.ratio, 0, screen=screen)  # returns host indices: synchronised
+    selected = greedy_coreset(rows, rows_for_ratio(len(rows), args.ratio), 0, screen=screen)  # returns host indices: synchronised
     seconds = time.perf_counter() - started
     result = {"rows": int(rows.shape[0]), "dim": int(rows.shape[1]), "ratio": args.ratio, **extra,
               "device": args.device, "screen": args.screen,

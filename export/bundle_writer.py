@@ -18,7 +18,7 @@ from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, 
 from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, write_archive
 from pyimgano.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 from pyimgano.workbench.artifacts import utc_now, write_json
-from pyimgano.workbench.run_loader import RunError, load_detector, load_run, model_block
+from pyimgano.workbench.run_loader import RunError, infer_config, load_detector, load_run, model_block
 
 # The bundle's image scores may differ from the fp32 torch model's by at most this, relative, on the
 # parity images. fp32: the rounding of another kernel order. fp16 and int8 are approximations (measured
@@ -91,18 +91,6 @@ def build_manifest(
         "onnx": {"file": "model.onnx", "opset": OPSET, "input": INPUT_NAME, "dynamic_batch": True},
         "parity": parity,
         "files": files,
-    }
-
-
-def infer_config(manifest: dict) -> dict:
-    """The seed's inference config, so `pyimgano-infer --infer-config` works from a bundle too."""
-    return {
-        "schema_version": "1.0",
-        "model": manifest["model"],
-        "threshold": manifest["thresholds"]["image"]["value"],
-        "input": manifest["input"],
-        "adaptation": {"tiling": manifest["tiling"], "postprocess": manifest["map_postprocess"]["config"]},
-        "defects": manifest["defects"],
     }
 
 
@@ -181,7 +169,7 @@ def export_bundle(
             )
         # infer_config.json repeats manifest fields; write it first so the manifest can checksum it.
         manifest = build_manifest(name, version, config, report, parity, files={}, precision=variant.precision)
-        write_json(staging / "infer_config.json", infer_config(manifest))
+        write_json(staging / "infer_config.json", infer_config(config, {category: report}))
         manifest["files"] = {
             path.name: file_entry(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST_NAME
         }

@@ -159,8 +159,13 @@ def test_manifest_schema_and_recorded_checksums(edge_fixture):
         assert summary["min"] <= threshold["value"] <= summary["max"]
     assert manifest["thresholds"]["pixel"]["count"] == manifest["thresholds"]["image"]["count"] * 256 * 256
     infer_config = json.loads((bundle_dir / "infer_config.json").read_text())
-    assert infer_config["threshold"] == manifest["thresholds"]["image"]["value"]
-    assert infer_config["defects"] == manifest["defects"]
+    # The run's artifacts/infer_config.json schema, with the bundle's one category.
+    [(category, entry)] = infer_config["categories"].items()
+    assert category == manifest["model"]["category"]
+    assert entry["threshold"] == manifest["thresholds"]["image"]["value"]
+    assert entry["pixel_threshold"] == manifest["thresholds"]["pixel"]["value"]
+    assert entry["model"] == manifest["model"]
+    assert infer_config["defects"] == manifest["defects"] and infer_config["input"] == manifest["input"]
     assert manifest["defects"]["pixel_threshold_strategy"] == "calibrated"
     bundle = open_bundle(edge_fixture["archive"])
     assert manifest_to_json(bundle.manifest) == manifest

@@ -19,22 +19,22 @@ pytest.importorskip("torchvision")
 import torch.nn.functional as F  # noqa: E402
 
 from pyimgano.config import ConfigError, ModelConfig  # noqa: E402
-from pyimgano.models import patchcore, registry  # noqa: E402
-from pyimgano.models.backbones import (  # noqa: E402
+from pyimgano.models import coreset, patchcore_spec, registry  # noqa: E402
+from pyimgano.models.backbones import get_backbone_spec  # noqa: E402
+from pyimgano.models.coreset import greedy_coreset, rows_for_ratio  # noqa: E402
+from pyimgano.models.features import (  # noqa: E402
     WeightsNotFoundError,
     build_feature_extractor,
-    get_backbone_spec,
     hub_checkpoint_dir,
     resolve_weights,
 )
 from pyimgano.models.base import NotFittedError  # noqa: E402
 from pyimgano.models.patchcore import (  # noqa: E402
     MemoryBank,
-    PatchCoreParams,
     VisionPatchCore,
     adaptive_pool_matrix,
-    greedy_coreset,
 )
+from pyimgano.models.patchcore_spec import PatchCoreParams  # noqa: E402
 from pyimgano.models.maps import MAP_SIGMA, MapSmoother, blur_matrix, gaussian_kernel_1d  # noqa: E402
 from pyimgano.runtime.images import InputContract  # noqa: E402
 from pyimgano.workbench import checkpoint  # noqa: E402
@@ -231,7 +231,7 @@ def _clustered(n: int, dim: int, clusters: int, seed: int) -> torch.Tensor:
 )
 def test_greedy_coreset_size_and_uniqueness(n, dim, ratio, expected):
     feats = torch.randn(n, dim, generator=torch.Generator().manual_seed(n))
-    keep = greedy_coreset(feats, ratio, seed=3)
+    keep = greedy_coreset(feats, rows_for_ratio(n, ratio), seed=3)
     assert keep.dtype == torch.long
     assert keep.numel() == expected == math.ceil(n * ratio)
     assert torch.unique(keep).numel() == expected
@@ -240,37 +240,37 @@ def test_greedy_coreset_size_and_uniqueness(n, dim, ratio, expected):
 
 def test_greedy_coreset_unique_with_duplicated_rows(monkeypatch):
     """Real patch features repeat (flat backgrounds): every row appears twice; the coreset still has no repeats."""
-    monkeypatch.setattr(patchcore, "CORESET_ROUNDS_HINT", 10)  # 16 centres per round: the batched path
+    monkeypatch.setattr(coreset, "CORESET_ROUNDS_HINT", 10)  # 16 centres per round: the batched path
     g = torch.Generator().manual_seed(5)
     unique_rows = torch.randn(200, 24, generator=g) * 4.0 + 20.0  # large norms: GEMM distances cancel
     feats = torch.cat([unique_rows, unique_rows])[torch.randperm(400, generator=g)]
-    keep = greedy_coreset(feats, 0.4, seed=1)  # 160 of 200 distinct rows
+    keep = greedy_coreset(feats, 160, seed=1)  # 160 of 200 distinct rows
     assert keep.numel() == 160
     assert torch.unique(feats[keep], dim=0).shape[0] == 160
 
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_greedy_coreset_one_per_round_is_exact_greedy(monkeypatch, seed):
-    monkeypatch.setattr(patchcore, "CORESET_MAX_PER_ROUND", 1)
+    monkeypatch.setattr(coreset, "CORESET_MAX_PER_ROUND", 1)
     n, dim, ratio = 400, 12, 0.1
-    assert dim <= patchcore.CORESET_PROJECTION_DIM  # no projection
+    assert dim <= coreset.CORESET_PROJECTION_DIM  # no projection
     feats = _clustered(n, dim, clusters=6, seed=seed)
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     expected = _reference_greedy(feats, math.ceil(n * ratio), first)
-    assert greedy_coreset(feats, ratio, seed).tolist() == expected
+    assert greedy_coreset(feats, math.ceil(n * ratio), seed).tolist() == expected
 
 
-@pytest.mark.parametrize("rounds_hint", [patchcore.CORESET_ROUNDS_HINT, 20])
+@pytest.mark.parametrize("rounds_hint", [coreset.CORESET_ROUNDS_HINT, 20])
 def test_greedy_coreset_batched_radius_close_to_exact(monkeypatch, rounds_hint):
     """Several centres per pass (3 with the shipped constants, 15 with 20 passes) cover the data nearly as
     tightly as exact greedy. (Ratio 0.1, not 0.05: at 150 centres the shipped constants give 1 per pass.)"""
-    monkeypatch.setattr(patchcore, "CORESET_ROUNDS_HINT", rounds_hint)
+    monkeypatch.setattr(coreset, "CORESET_ROUNDS_HINT", rounds_hint)
     n, ratio, seed = 3000, 0.1, 2
     target = math.ceil(n * ratio)
-    per_round = max(1, min(patchcore.CORESET_MAX_PER_ROUND, target // rounds_hint))
+    per_round = max(1, min(coreset.CORESET_MAX_PER_ROUND, target // rounds_hint))
     assert per_round > 1  # the batched path is the one measured
     feats = _clustered(n, 8, clusters=12, seed=seed)
-    batched = greedy_coreset(feats, ratio, seed)
+    batched = greedy_coreset(feats, target, seed)
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     exact = _reference_greedy(feats, target, first)
     r_batched = _covering_radius(feats, batched)
@@ -283,10 +283,10 @@ def test_greedy_coreset_batched_radius_close_to_exact(monkeypatch, rounds_hint):
 def test_greedy_coreset_bfloat16_screen_selects_exactly_what_float32_does(monkeypatch, seed):
     """The screen only skips rows its error bound rules out, so the coreset is the float32 one, row for row
     (off-centre clusters: large norms, where a loose bound would show)."""
-    monkeypatch.setattr(patchcore, "CORESET_ROUNDS_HINT", 10)
+    monkeypatch.setattr(coreset, "CORESET_ROUNDS_HINT", 10)
     feats = (_clustered(4000, 24, clusters=10, seed=seed) + 30.0).float()
-    screened = greedy_coreset(feats, 0.1, seed, screen=True)
-    plain = greedy_coreset(feats, 0.1, seed, screen=False)
+    screened = greedy_coreset(feats, 400, seed, screen=True)
+    plain = greedy_coreset(feats, 400, seed, screen=False)
     assert torch.equal(screened, plain)
 
 
@@ -301,17 +301,23 @@ def test_bfloat16_screen_keeps_every_row_that_improves_and_skips_most_others():
     new = torch.randperm(20000, generator=g)[:64]
     exact = torch.cdist(rows.double(), rows[new].double()).min(dim=1).values ** 2
     improves = (exact < min_d2.double()).nonzero().squeeze(1)
-    flagged = patchcore._screen(patchcore._screen_layout(rows, rows_sq), rows_sq, min_d2, rows[new], rows_sq[new])
+    flagged = coreset._screen(coreset._screen_layout(rows, rows_sq), rows_sq, min_d2, rows[new], rows_sq[new])
     assert improves.numel() > 1000
     assert set(improves.tolist()) <= set(flagged.tolist())
     # 3,283 of 20,000 when written (2,563 improve); with no error bound at all 4 improving rows are missed.
     assert flagged.numel() < 0.2 * rows.shape[0], flagged.numel()
 
 
-@pytest.mark.parametrize("ratio", [1.0, 1.5])
-def test_greedy_coreset_ratio_one_keeps_everything(ratio):
+@pytest.mark.parametrize("rows", [23, 30])
+def test_greedy_coreset_of_all_rows_keeps_everything(rows):
     feats = torch.randn(23, 5, generator=torch.Generator().manual_seed(0))
-    assert greedy_coreset(feats, ratio, seed=0).tolist() == list(range(23))
+    assert greedy_coreset(feats, rows, seed=0).tolist() == list(range(23))
+    assert rows_for_ratio(23, 1.5) == 23
+
+
+def test_greedy_coreset_refuses_zero_rows():
+    with pytest.raises(ValueError, match="at least one row"):
+        greedy_coreset(torch.zeros(5, 2), 0, seed=0)
 
 
 # --------------------------------------------------------------------------- scoring graph
@@ -471,8 +477,8 @@ def test_build_feature_extractor_output_shapes():
 def test_register_model_duplicate_name_raises():
     before = registry.get_model("vision_patchcore")
     duplicate = registry.ModelEntry(
-        name="vision_patchcore", description="impostor", presets={}, default_preset="x", detector=VisionPatchCore,
-        resolve=lambda *a: None,
+        name="vision_patchcore", description="impostor", presets={}, default_preset="x",
+        detector="pyimgano.models.patchcore:VisionPatchCore", resolve=lambda *a: None, capabilities=registry.Capabilities(),
     )
     with pytest.raises(ValueError, match="already registered"):
         registry.register_model(duplicate)
@@ -484,7 +490,7 @@ def test_register_model_duplicate_name_raises():
 
 def test_resolve_patchcore_presets_fill_only_unset_keys():
     contract = InputContract(height=96, width=80)
-    params = registry.resolve_patchcore(ModelConfig(preset="industrial-fast", coreset_ratio=0.3), contract, seed=7)
+    params = patchcore_spec.resolve_patchcore(ModelConfig(preset="industrial-fast", coreset_ratio=0.3), contract, seed=7)
     assert params.coreset_ratio == 0.3
     assert params.backbone == "mobilenet_v2"
     assert params.num_neighbors == 9
@@ -494,26 +500,26 @@ def test_resolve_patchcore_presets_fill_only_unset_keys():
     assert params.seed == 7
     assert params.mean == contract.mean and params.std == contract.std
 
-    explicit = registry.resolve_patchcore(
+    explicit = patchcore_spec.resolve_patchcore(
         ModelConfig(preset="industrial-accurate", backbone="resnet18", num_neighbors=1, embed_dim=64, layers=["layer1"]),
         contract,
         seed=0,
     )
     assert explicit.backbone == "resnet18" and explicit.layers == ("layer1",)
     assert explicit.num_neighbors == 1 and explicit.embed_dim == 64
-    assert explicit.coreset_ratio == registry.PATCHCORE_PRESETS["industrial-accurate"]["coreset_ratio"]
+    assert explicit.coreset_ratio == patchcore_spec.PATCHCORE_PRESETS["industrial-accurate"]["coreset_ratio"]
 
-    default = registry.resolve_patchcore(ModelConfig(), contract, seed=0)
-    assert default.coreset_ratio == registry.PATCHCORE_PRESETS["industrial-balanced"]["coreset_ratio"]
+    default = patchcore_spec.resolve_patchcore(ModelConfig(), contract, seed=0)
+    assert default.coreset_ratio == patchcore_spec.PATCHCORE_PRESETS["industrial-balanced"]["coreset_ratio"]
 
 
 def test_resolve_patchcore_unknown_preset_and_backbone():
     contract = InputContract(height=64, width=64)
     with pytest.raises(ConfigError, match="model.preset") as info:
-        registry.resolve_patchcore(ModelConfig(preset="industrial-magic"), contract, seed=0)
+        patchcore_spec.resolve_patchcore(ModelConfig(preset="industrial-magic"), contract, seed=0)
     assert "industrial-magic" in str(info.value)
     with pytest.raises(ConfigError, match="model.backbone") as info:
-        registry.resolve_patchcore(ModelConfig(backbone="vgg16"), contract, seed=0)
+        patchcore_spec.resolve_patchcore(ModelConfig(backbone="vgg16"), contract, seed=0)
     assert "vgg16" in str(info.value)
 
 

@@ -289,6 +289,29 @@ def test_a_knob_the_model_does_not_use_is_refused_before_anything_is_written(tmp
     assert not (tmp_path / "run").exists()
 
 
+TORCH_FREE_DRY_RUN = """
+import sys
+from pyimgano.cli.train import program
+from pyimgano.cli.errors import classify
+try:
+    program(sys.argv[1], None, None, None, None, True, False, None, False, None, False, None, False)
+    outcome = "ok"
+except Exception as exc:
+    outcome = classify(exc)[0].name
+print(outcome, sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision")))
+"""
+
+
+@pytest.mark.parametrize("model, outcome", [({"name": "vision_padim"}, "ok"), ({"name": "vision_autoencoder"}, "USAGE"),
+                                            ({"backbone": "vgg16"}, "USAGE"), ({"name": "nope"}, "USAGE")])
+def test_dry_run_resolves_the_model_without_importing_torch(tmp_path, model, outcome):
+    """--dry-run validates model, knobs, preset and backbone from the models' torch-free registrations."""
+    path = write_config(tmp_path, model={"device": "cpu", **model})
+    result = subprocess.run([sys.executable, "-c", TORCH_FREE_DRY_RUN, path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == f"{outcome} []", result.stdout
+
+
 def test_padim_exports_and_infers(tmp_path):
     require_data(CATEGORY)
     path = write_config(tmp_path, model={"name": "vision_padim", "device": "cpu"})

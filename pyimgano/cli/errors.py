@@ -36,7 +36,7 @@ ERRORS: tuple[tuple[str, str, ExitCode, str], ...] = (
     ("pyimgano.export.bundle_writer", "ParityError", ExitCode.PARITY_REFUSED, "export refused"),
     ("pyimgano.export.bundle_writer", "ExportError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.data.types", "DatasetError", ExitCode.DATA_ERROR, "error"),
-    ("pyimgano.models.backbones", "WeightsNotFoundError", ExitCode.DATA_ERROR, "error"),
+    ("pyimgano.models.features", "WeightsNotFoundError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.workbench.checkpoint", "CheckpointError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.workbench.run_loader", "RunError", ExitCode.DATA_ERROR, "error"),
 )

@@ -22,72 +22,20 @@ of [0, 1] intensities.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyimgano.config import ConfigError, ModelConfig
-from pyimgano.models.base import Capabilities, GraphDetector
+from pyimgano.models.autoencoder_spec import ARCHITECTURE, AUTOENCODER, AutoencoderParams
+from pyimgano.models.base import GraphDetector
 from pyimgano.models.maps import MapSmoother
-from pyimgano.runtime.images import InputContract
 
-DEFAULT_EPOCHS = 5
-DEFAULT_LR = 1e-3
 # The image score averages this share of the highest map values.
 TOP_FRACTION = 0.01
 # Total down-sampling of the encoder (four stride-2 blocks): input sides are padded to a multiple of it.
 STRIDE = 16
-ARCHITECTURE = "conv_autoencoder"
-
-AUTOENCODER_PRESETS: dict[str, dict] = {
-    "industrial-fast": {"channels": (32, 64, 128, 128), "epochs": 3, "lr": 1e-3},
-    "industrial-balanced": {"channels": (32, 64, 128, 128), "epochs": DEFAULT_EPOCHS, "lr": DEFAULT_LR},
-}
-
-
-@dataclass(frozen=True)
-class AutoencoderParams:
-    channels: tuple[int, ...]
-    epochs: int
-    lr: float
-    input_hw: tuple[int, int]
-    seed: int
-    batch_size: int
-
-
-def resolve_autoencoder(model: ModelConfig, contract: InputContract, seed: int) -> AutoencoderParams:
-    """ModelConfig has no `epochs`/`lr` fields (yet): they are read with getattr and fall back to the preset.
-
-    `backbone`, `layers`, `pretrained` and `weights_path` do not apply (the network is trained from
-    scratch); a backbone or layers set in the config is refused rather than silently ignored.
-    """
-    preset_name = model.preset or "industrial-balanced"
-    if preset_name not in AUTOENCODER_PRESETS:
-        raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(AUTOENCODER_PRESETS)}")
-    if model.backbone not in (None, ARCHITECTURE):
-        raise ConfigError(f"model.backbone: vision_autoencoder trains its own network; {model.backbone!r} does not apply")
-    if model.layers:
-        raise ConfigError("model.layers: vision_autoencoder has no backbone layers to choose")
-    preset = AUTOENCODER_PRESETS[preset_name]
-    epochs = getattr(model, "epochs", None)
-    lr = getattr(model, "lr", None)
-    epochs = int(epochs) if epochs is not None else preset["epochs"]
-    lr = float(lr) if lr is not None else preset["lr"]
-    if epochs < 1:
-        raise ConfigError(f"model.epochs: must be at least 1, got {epochs}")
-    if not lr > 0.0:
-        raise ConfigError(f"model.lr: must be positive, got {lr}")
-    return AutoencoderParams(
-        channels=tuple(preset["channels"]),
-        epochs=epochs,
-        lr=lr,
-        input_hw=(contract.height, contract.width),
-        seed=seed,
-        batch_size=model.batch_size,
-    )
 
 
 class ConvAutoencoder(nn.Module):
@@ -156,7 +104,7 @@ class AutoencoderGraph(nn.Module):
 class VisionAutoencoder(GraphDetector):
     """Convolutional autoencoder detector. Scores: higher = more anomalous (reconstruction error)."""
 
-    capabilities = Capabilities(trains=True)
+    capabilities = AUTOENCODER.capabilities
     fitted_attribute = "train_losses_"
 
     def __init__(self, params: AutoencoderParams, device: torch.device):

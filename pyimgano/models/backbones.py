@@ -1,31 +1,21 @@
-"""Backbone records: which torchvision network, which layers, which ImageNet weights file.
-
-Weights are never downloaded at run time (factory networks are often air-gapped): they are looked up
-in the torch hub cache or at an explicit path, and a missing file is an error naming exactly the file
-and the folder to put it in.
+"""Backbone records: which torchvision network, which layers, which ImageNet weights file, and the
+parameters every backbone-based detector takes. Torch-free, so `--dry-run` and `--list-models` can
+resolve a config without importing torch; the network itself is built in models/features.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
-import torch
-import torchvision
-from torchvision.models.feature_extraction import create_feature_extractor
-
-from pyimgano.runtime.bundle import sha256_file
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The pretrained weights file is not where it was looked for."""
+from pyimgano.config import ConfigError, ModelConfig
+from pyimgano.runtime.images import InputContract
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    builder: Callable[..., torch.nn.Module]
+    # torchvision.models' builder of this network (looked up when the network is built).
+    builder: str
     # torchvision's own file name for IMAGENET1K_V1; its hex part is a sha256 prefix.
     weights_file: str
     weights_url: str
@@ -42,7 +32,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec(
             name="mobilenet_v2",
-            builder=torchvision.models.mobilenet_v2,
+            builder="mobilenet_v2",
             weights_file="mobilenet_v2-b0353104.pth",
             weights_url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
             # features.6 ends the stride-8 stage (32 ch), features.13 the stride-16 stage (96 ch).
@@ -50,20 +40,23 @@ BACKBONES: dict[str, BackboneSpec] = {
         ),
         BackboneSpec(
             name="resnet18",
-            builder=torchvision.models.resnet18,
+            builder="resnet18",
             weights_file="resnet18-f37072fd.pth",
             weights_url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
             default_layers=("layer2", "layer3"),
         ),
         BackboneSpec(
             name="wide_resnet50_2",
-            builder=torchvision.models.wide_resnet50_2,
+            builder="wide_resnet50_2",
             weights_file="wide_resnet50_2-95faca4d.pth",
             weights_url="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
             default_layers=("layer2", "layer3"),
         ),
     )
 }
+
+# ModelConfig keys every backbone-based model reads.
+BACKBONE_KNOBS = frozenset({"backbone", "layers", "weights_path"})
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
@@ -73,72 +66,45 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
 
 
-def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+@dataclass(frozen=True)
+class BackboneParams:
+    """What every backbone-based detector is built from; a model's own parameters extend it."""
+
+    backbone: str
+    layers: tuple[str, ...]
+    pretrained: bool
+    weights_path: str | None
+    input_hw: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int
+    batch_size: int
 
 
-def resolve_weights(spec: BackboneSpec, weights_path: str | None) -> Path:
-    """The weights file to load: an explicit path, else torchvision's cache file name."""
-    if weights_path:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"model.weights_path {path} does not exist")
-        return path
-    path = hub_checkpoint_dir() / spec.weights_file
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"pretrained {spec.name} weights not found: expected the file {spec.weights_file} in "
-            f"{path.parent} (the torch hub cache; TORCH_HOME moves it). Download {spec.weights_url} "
-            f"there on a machine with internet, or set model.weights_path to the file, or set "
-            f"model.pretrained to false for random weights."
-        )
-    return path
-
-
-def build_feature_extractor(
-    spec: BackboneSpec, layers: tuple[str, ...], pretrained: bool, weights_path: str | None, seed: int
-) -> tuple[torch.nn.Module, str | None]:
-    """The backbone truncated to return `layers`, in eval mode, and the weights' sha256 (None if random).
-
-    Random initialisation is seeded so that an unpretrained run is reproducible too.
-    """
-    torch.manual_seed(seed)
-    network = spec.builder(weights=None)
-    digest = None
-    if pretrained:
-        path = resolve_weights(spec, weights_path)
-        digest = sha256_file(path)
-        # torchvision's file names carry a sha256 prefix: a cached file that does not match is damaged.
-        if path.name == spec.weights_file and not digest.startswith(spec.sha256_prefix):
-            raise WeightsNotFoundError(f"{path} is damaged: its sha256 {digest[:16]}... does not start with {spec.sha256_prefix}")
-        # weights_only=True: a state dict of tensors, never arbitrary pickled code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
-    known = {name for name, _ in network.named_modules()}
-    missing = [layer for layer in layers if layer not in known]
-    if missing:
-        raise ValueError(f"backbone {spec.name} has no layer(s) {missing}; its defaults are {list(spec.default_layers)}")
-    extractor = create_feature_extractor(network, return_nodes={layer: layer for layer in layers})
-    return extractor.eval(), digest
-
-
-def preset_and_backbone(model, presets: dict[str, dict]) -> tuple[dict, str]:
-    """The model config's preset (default industrial-balanced) and its backbone, the config's own winning."""
-    from pyimgano.config import ConfigError
-
+def chosen_preset(model: ModelConfig, presets: dict[str, dict]) -> dict:
+    """The model config's preset (default industrial-balanced), refused by name when unknown."""
     preset_name = model.preset or "industrial-balanced"
     if preset_name not in presets:
         raise ConfigError(f"model.preset: {preset_name!r} is not one of {sorted(presets)}")
-    preset = presets[preset_name]
+    return presets[preset_name]
+
+
+def backbone_params(
+    model: ModelConfig,
+    contract: InputContract,
+    seed: int,
+    preset: dict,
+    default_layers: dict[str, tuple[str, ...]] | None = None,
+) -> dict:
+    """BackboneParams' fields from the model config, the preset and the input contract: the config's own
+    backbone and layers win, then the preset's backbone, then `default_layers` for it (else its spec's)."""
     backbone = model.backbone or preset["backbone"]
     if backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: {backbone!r} is not one of {sorted(BACKBONES)}")
-    return preset, backbone
-
-
-def backbone_fields(model, contract, seed: int) -> dict:
-    """The parameters every backbone-based detector takes from the model config and the input contract."""
+    fallback = (default_layers or {}).get(backbone, BACKBONES[backbone].default_layers)
     return {
+        "backbone": backbone,
+        "layers": tuple(model.layers) if model.layers else fallback,
         "pretrained": model.pretrained,
         "weights_path": model.weights_path,
         "input_hw": (contract.height, contract.width),

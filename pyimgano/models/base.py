@@ -8,25 +8,16 @@ The exporter and the workbench ask `capabilities`, never a model's name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from pyimgano.models.registry import Capabilities
+
 
 class NotFittedError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    # `fit` runs a training loop that takes epochs and a learning rate (training.enabled must be true).
-    trains: bool = False
-    # Graph precisions the exporter may ask for (`graph(precision)`).
-    precisions: tuple[str, ...] = ("fp32",)
-    # `reduce_bank(rows)` keeps a coreset of a fitted memory bank (`pyimgano-export --bank-rows`).
-    reducible_bank: bool = False
 
 
 class GraphDetector(ABC):
@@ -34,6 +25,7 @@ class GraphDetector(ABC):
     `graph()` (the module that is also exported), so scoring in the workbench and in the bundle run the
     very same forward."""
 
+    # The model's registered capabilities (its ModelEntry's, in <model>_spec.py).
     capabilities: ClassVar[Capabilities] = Capabilities()
     # The attribute `fit` sets last: present = fitted.
     fitted_attribute: ClassVar[str]

@@ -21,98 +21,37 @@ and smoothed with a sigma-4 Gaussian; the image score is the maximum of the map.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyimgano.config import ConfigError, ModelConfig
-from pyimgano.models.backbones import (
-    backbone_fields,
-    build_feature_extractor,
-    get_backbone_spec,
-    preset_and_backbone,
-)
-from pyimgano.models.base import Capabilities, GraphDetector
+from pyimgano.models.features import BackboneDetector, BackboneFeatures
 from pyimgano.models.maps import MapSmoother
-from pyimgano.runtime.images import InputContract
+from pyimgano.models.padim_spec import PADIM, PadimParams
 
 # Added to every covariance before inversion (the paper's regulariser).
 COVARIANCE_EPS = 0.01
 
-# The paper combines the first three stages of the network (ResNet layer1..layer3).
-PADIM_DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
-    # features.3 ends the stride-4 stage (24 ch), features.6 stride 8 (32 ch), features.13 stride 16 (96 ch).
-    "mobilenet_v2": ("features.3", "features.6", "features.13"),
-    "resnet18": ("layer1", "layer2", "layer3"),
-    "wide_resnet50_2": ("layer1", "layer2", "layer3"),
-}
-
-PADIM_PRESETS: dict[str, dict] = {
-    "industrial-fast": {"backbone": "mobilenet_v2", "n_features": 50},
-    "industrial-balanced": {"backbone": "mobilenet_v2", "n_features": 100},
-}
-
-
-@dataclass(frozen=True)
-class PadimParams:
-    backbone: str
-    layers: tuple[str, ...]
-    n_features: int
-    pretrained: bool
-    weights_path: str | None
-    input_hw: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    seed: int
-    batch_size: int
-
-
-def resolve_padim(model: ModelConfig, contract: InputContract, seed: int) -> PadimParams:
-    """Preset values fill only what the config leaves unset; explicit keys always win."""
-    preset, backbone = preset_and_backbone(model, PADIM_PRESETS)
-    n_features = model.n_features if model.n_features is not None else preset["n_features"]
-    if int(n_features) < 1:
-        raise ConfigError(f"model.n_features: must be at least 1, got {n_features}")
-    layers = tuple(model.layers) if model.layers else PADIM_DEFAULT_LAYERS.get(backbone, get_backbone_spec(backbone).default_layers)
-    return PadimParams(
-        backbone=backbone,
-        layers=layers,
-        n_features=int(n_features),
-        **backbone_fields(model, contract, seed),
-    )
-
 
 class PadimEmbedder(nn.Module):
-    """uint8 NHWC images -> features (B, h*w, d): normalise, backbone, upsample to the first layer's grid,
-    concatenate, keep the random channel subset."""
+    """uint8 NHWC images -> features (B, h*w, d): backbone features upsampled to the first layer's grid,
+    concatenated, the random channel subset kept."""
 
-    def __init__(
-        self,
-        extractor: nn.Module,
-        layers: tuple[str, ...],
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        channel_index: torch.Tensor,
-    ) -> None:
+    def __init__(self, features: BackboneFeatures, channel_index: torch.Tensor) -> None:
         super().__init__()
-        self.extractor = extractor
-        self.layers = layers
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.features = features
         self.register_buffer("channel_index", channel_index.to(torch.long))
 
     def all_channels(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C_total, h, w): every channel of every layer, on the first layer's grid."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32)
-        x = (x - self.mean) / self.std
-        feature_maps = self.extractor(x)
-        first = feature_maps[self.layers[0]]
+        feature_maps = self.features(images)
+        layers = self.features.layers
+        first = feature_maps[layers[0]]
         height, width = int(first.shape[2]), int(first.shape[3])
         parts = []
-        for layer in self.layers:
+        for layer in layers:
             fmap = feature_maps[layer]
             if fmap.shape[2] != height or fmap.shape[3] != width:
                 fmap = F.interpolate(fmap, size=(height, width), mode="bilinear", align_corners=False)
@@ -178,37 +117,25 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-class VisionPadim(GraphDetector):
+class VisionPadim(BackboneDetector):
     """PaDiM detector. Scores: higher = more anomalous, in raw Mahalanobis-distance units."""
 
-    # PaDiM estimates Gaussians; it has no training loop (fit ignores epochs and lr).
-    capabilities = Capabilities(trains=False)
+    capabilities = PADIM.capabilities
     fitted_attribute = "mean_"
 
     def __init__(self, params: PadimParams, device: torch.device):
         self.params = params
         self.device = device
-        spec = get_backbone_spec(params.backbone)
-        extractor, self.weights_sha256 = build_feature_extractor(
-            spec, params.layers, params.pretrained, params.weights_path, params.seed
-        )
-        self.total_channels, self.grid_hw = self._probe(extractor)
+        features = self._backbone_features()
+        self.total_channels, self.grid_hw = self._probe(features, params.input_hw)
         self.feature_dim = min(params.n_features, self.total_channels)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         channel_index = torch.randperm(self.total_channels, generator=generator)[: self.feature_dim].sort().values
-        self.embedder = PadimEmbedder(extractor, params.layers, params.mean, params.std, channel_index).to(device)
+        self.embedder = PadimEmbedder(features, channel_index).to(device)
 
     @property
     def positions(self) -> int:
         return self.grid_hw[0] * self.grid_hw[1]
-
-    def _probe(self, extractor: nn.Module) -> tuple[int, tuple[int, int]]:
-        """Total channels over the layers, and the first layer's grid for the contract's input size."""
-        with torch.no_grad():
-            probe = extractor(torch.zeros(1, 3, *self.params.input_hw))
-        first = probe[self.params.layers[0]]
-        channels = sum(int(probe[layer].shape[1]) for layer in self.params.layers)
-        return channels, (int(first.shape[2]), int(first.shape[3]))
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
@@ -278,11 +205,7 @@ class VisionPadim(GraphDetector):
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "VisionPadim":
         if meta.get("model", "vision_padim") != "vision_padim":
             raise ValueError(f"checkpoint holds model {meta.get('model')!r}, not vision_padim")
-        if meta.get("weights_sha256") != self.weights_sha256:
-            raise ValueError(
-                f"checkpoint was fitted on backbone weights sha256 {meta.get('weights_sha256')}, "
-                f"but the weights found now have {self.weights_sha256}"
-            )
+        self.check_checkpoint_weights(meta)
         if not self.params.pretrained and meta.get("seed") != self.params.seed:
             raise ValueError(
                 f"checkpoint was fitted on random backbone weights drawn with seed {meta.get('seed')}, "

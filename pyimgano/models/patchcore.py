@@ -10,19 +10,17 @@ bank walked in fixed chunks to bound memory, and the map step shared by every mo
 from __future__ import annotations
 
 import copy
-import math
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyimgano.models.backbones import build_feature_extractor, get_backbone_spec
-from pyimgano.models.base import Capabilities, GraphDetector
+from pyimgano.models.coreset import greedy_coreset, rows_for_ratio
+from pyimgano.models.features import BackboneDetector, BackboneFeatures
 from pyimgano.models.maps import MapSmoother
-from pyimgano.runtime.progress import Progress, track
+from pyimgano.models.patchcore_spec import PATCHCORE, PatchCoreParams
+from pyimgano.runtime.progress import track
 
 # Graph precisions: the dtype of the backbone, projection and bank GEMM (everything else is float32).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -32,22 +30,6 @@ BANK_ROWS_BUFFER = "rows_"
 BANK_SEARCH_PREFIX = f"bank.{BANK_ROWS_BUFFER}"
 # Bank rows compared at once: bounds the (patches x rows) distance block that nearest-neighbour search holds.
 BANK_CHUNK_ROWS = 4096
-# Coreset selection works on a random projection of this width (the paper's Johnson-Lindenstrauss step).
-CORESET_PROJECTION_DIM = 128
-# Batched greedy: at most this many centres per pass over all rows, about CORESET_ROUNDS_HINT passes in
-# all, each chosen among CORESET_POOL_FACTOR x as many farthest candidates.
-CORESET_MAX_PER_ROUND = 256
-CORESET_ROUNDS_HINT = 100
-CORESET_POOL_FACTOR = 4
-CORESET_UPDATE_ROWS = 16384
-# The bfloat16 screen (greedy_coreset): rows per GEMM (4,096 ran 16% faster per row than 16,384 here:
-# the block stays in cache for the minimum), bfloat16's unit roundoff, the factor on its error bound
-# (5% to spare), and how much faster than float32 its GEMM must measure to be used (1.7x on this
-# machine's AVX512-BF16; a 1.5x bar was missed under load, and emulated bfloat16 is slower than float32).
-CORESET_SCREEN_ROWS = 4096
-BFLOAT16_UNIT_ROUNDOFF = 2.0**-8
-CORESET_SCREEN_SAFETY = 1.05
-CORESET_SCREEN_MIN_SPEEDUP = 1.2
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
@@ -65,35 +47,21 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
 
 
 class PatchEmbedder(nn.Module):
-    """uint8 NHWC images -> patch features (B, h*w, D): normalise, backbone, 3x3 aggregation, projection."""
+    """uint8 NHWC images -> patch features (B, h*w, D): backbone features, 3x3 aggregation, projection."""
 
-    def __init__(
-        self,
-        extractor: nn.Module,
-        layers: tuple[str, ...],
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        projection: torch.Tensor | None,
-    ) -> None:
+    def __init__(self, features: BackboneFeatures, projection: torch.Tensor | None) -> None:
         super().__init__()
-        self.extractor = extractor
-        self.layers = layers
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.features = features
         self.register_buffer("projection", projection if projection is not None else torch.empty(0))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32)
-        x = (x - self.mean) / self.std
-        # A half-precision graph (extractor and projection in float16) casts once here and back at the end.
-        compute_dtype = next(self.extractor.parameters()).dtype
-        if compute_dtype != torch.float32:
-            x = x.to(compute_dtype)
-        feature_maps = self.extractor(x)
-        first = feature_maps[self.layers[0]]
+        # A half-precision graph (extractor and projection in float16) casts back to float32 at the end.
+        feature_maps = self.features(images)
+        layers = self.features.layers
+        first = feature_maps[layers[0]]
         height, width = int(first.shape[2]), int(first.shape[3])
         pooled = []
-        for layer in self.layers:
+        for layer in layers:
             fmap = F.avg_pool2d(feature_maps[layer], kernel_size=3, stride=1, padding=1)
             if fmap.shape[2] != height or fmap.shape[3] != width:
                 fmap = F.interpolate(fmap, size=(height, width), mode="bilinear", align_corners=False)
@@ -102,7 +70,7 @@ class PatchEmbedder(nn.Module):
         features = features.permute(0, 2, 3, 1).reshape(features.shape[0], height * width, features.shape[1])
         if self.projection.numel():
             features = features @ self.projection
-        if compute_dtype != torch.float32:
+        if features.dtype != torch.float32:
             features = features.float()
         return features, height, width
 
@@ -249,205 +217,21 @@ class PatchCoreGraph(nn.Module):
         return self.image_scores(features, scores, index), self.anomaly_maps(scores, height, width)
 
 
-def _sq_dist_to(points: torch.Tensor, points_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Squared distances [N, C] from every point to each centre, one GEMM."""
-    return points_sq.unsqueeze(1) - 2.0 * (points @ centres.t()) + (centres * centres).sum(dim=1).unsqueeze(0)
-
-
-def screen_pays_off(device: torch.device) -> bool:
-    """Whether to screen with bfloat16: on CPUs where its GEMM measures CORESET_SCREEN_MIN_SPEEDUP x
-    faster than float32 at the screen's block shape (AVX512-BF16 or AMX; emulated bfloat16 is slower),
-    never on GPUs, where the screen's small blocks are launch-bound (an H200: 731k rows in 2.1 s
-    unscreened, 8.6 s screened). The measurement takes a few ms, once per call."""
-    if device.type != "cpu":
-        return False
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    rows = torch.randn(CORESET_SCREEN_ROWS, CORESET_PROJECTION_DIM + 8, generator=generator)
-    centres = torch.randn(CORESET_PROJECTION_DIM + 8, CORESET_MAX_PER_ROUND, generator=generator)
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = rows.to(dtype), centres.to(dtype)
-        best = math.inf
-        for _ in range(8):
-            started = time.perf_counter()
-            torch.mm(a, b).amin(dim=1)
-            best = min(best, time.perf_counter() - started)
-        timings[dtype] = best
-    return timings[torch.bfloat16] * CORESET_SCREEN_MIN_SPEEDUP < timings[torch.float32]
-
-
-def greedy_coreset(features: torch.Tensor, ratio: float, seed: int, screen: bool | None = None) -> torch.Tensor:
-    """Indices of a greedy k-center coreset (the paper's minimax facility location) on a random projection.
-
-    Keeps the rows that cover the feature space, so rare normal patterns survive. Exact greedy reads
-    the whole feature matrix once per selected row, which is memory-bound and far too slow for 10^5
-    rows; so each round takes the `pool` farthest rows as candidates, runs exact greedy among them to
-    pick `per_round` centres (which keeps near-duplicates apart), then updates every row's distance to
-    its nearest centre. With per_round=1 this is exactly the paper's greedy.
-
-    The update is the cost (rows x centres x dims, twice over). With `screen` (default: where bfloat16
-    GEMMs are measured faster) a bfloat16 GEMM first bounds each row's distance to the new centres;
-    only rows the bound cannot rule out (6% on magnetic_tile features, 9% on random-weight ones) are
-    recomputed in float32, so the result is the same as updating every row in float32. (A
-    triangle-inequality skip did not pay: on real features 73% of rows passed it.)
-    """
-    total = features.shape[0]
-    target = max(1, int(math.ceil(total * ratio)))
-    if target >= total:
-        return torch.arange(total)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    dim = features.shape[1]
-    if dim > CORESET_PROJECTION_DIM:
-        projection = torch.randn(dim, CORESET_PROJECTION_DIM, generator=generator) / math.sqrt(CORESET_PROJECTION_DIM)
-        reduced = features @ projection.to(features.device)
-    else:
-        reduced = features
-    # Centring changes no distance but shrinks the norms, against which both the float32 expansion's
-    # cancellation and the bfloat16 screen's error bound are measured.
-    reduced = reduced - reduced.mean(dim=0)
-    reduced_sq = (reduced * reduced).sum(dim=1)
-    if screen is None:
-        screen = screen_pays_off(reduced.device)
-    layout = _screen_layout(reduced, reduced_sq) if screen else None
-    per_round = max(1, min(CORESET_MAX_PER_ROUND, target // CORESET_ROUNDS_HINT))
-    first = int(torch.randint(total, (1,), generator=generator))
-    selected = [first]
-    min_d2 = _sq_dist_to(reduced, reduced_sq, reduced[first : first + 1])[:, 0].clamp_min(0.0)
-    progress = Progress("coreset", target)
-    progress.update()
-    while len(selected) < target:
-        take = min(per_round, target - len(selected))
-        pool = torch.topk(min_d2, min(total, take * CORESET_POOL_FACTOR)).indices
-        pool_points = reduced[pool]
-        # Exact greedy within the pool on a precomputed pairwise matrix: the per-pick step is then one
-        # small numpy minimum, not several torch launches (which dominated at 10^4+ picks).
-        pool_pairwise = _sq_dist_to(pool_points, reduced_sq[pool], pool_points).cpu().numpy()
-        pool_d2 = min_d2[pool].cpu().numpy().copy()
-        chosen = []
-        for _ in range(take):
-            best = int(pool_d2.argmax())
-            chosen.append(best)
-            np.minimum(pool_d2, pool_pairwise[best], out=pool_d2)
-        chosen_rows = pool[torch.tensor(chosen, device=pool.device)]
-        selected.extend(int(row) for row in chosen_rows)
-        progress.update(len(chosen))
-        centres, centres_sq = reduced[chosen_rows], reduced_sq[chosen_rows]
-        if layout is None:
-            rows = None  # every row, in contiguous chunks
-        else:
-            rows = _screen(layout, reduced_sq, min_d2, centres, centres_sq)
-        _update_min_d2(reduced, reduced_sq, min_d2, centres, centres_sq, rows)
-    return torch.tensor(selected, dtype=torch.long)
-
-
-@dataclass(frozen=True)
-class _ScreenLayout:
-    """What the bfloat16 screen reads of the rows, prepared once per selection."""
-
-    rows: torch.Tensor  # bfloat16 [x, 1, 1, 0...], width padded to a multiple of 8
-    rounding: torch.Tensor  # ||x - bf16(x)|| per row, for the error bound
-    norms: torch.Tensor  # ||x|| per row
-
-
-def _screen_layout(reduced: torch.Tensor, reduced_sq: torch.Tensor) -> _ScreenLayout:
-    """Rows as bfloat16 [x, 1, 1, 0...], so that one plain GEMM against [-2c, hi, lo, 0...] (||c||^2 = hi + lo,
-    two bfloat16 parts) gives ||c||^2 - 2 x.c: plain mm ran faster than addmm with the bias."""
-    dim = reduced.shape[1]
-    padded = torch.zeros(reduced.shape[0], -(-(dim + 2) // 8) * 8, dtype=torch.bfloat16, device=reduced.device)
-    padded[:, :dim] = reduced
-    padded[:, dim : dim + 2] = 1.0
-    rounding = (reduced - padded[:, :dim].float()).norm(dim=1)
-    return _ScreenLayout(padded, rounding, reduced_sq.sqrt())
-
-
-def _screen(layout: _ScreenLayout, reduced_sq, min_d2, centres, centres_sq) -> torch.Tensor:
-    """Indices of the rows a new centre may come closer to than their current nearest, by a bfloat16 GEMM.
-
-    With x~, c~ the bfloat16 rows, e_x = ||x - x~||, e_c = max ||c - c~||, C >= every ||c||, ||c~|| and
-    u = 2^-8, the computed key for ||c||^2 - 2 x.c errs by at most 2(e_x C + ||x|| e_c) (the inputs'
-    rounding, by Cauchy-Schwarz on the measured residuals) + u(C^2 + 2(||x|| + e_x) C) (the output's
-    rounding) + 2^-14 (C^2 + 2 ||x|| C) (float32 accumulation, the lo part). A row whose key minus that
-    bound is not below its current distance cannot improve; the rest are recomputed exactly.
-    """
-    screen_rows = layout.rows
-    dim = centres.shape[1]
-    low = centres.to(torch.bfloat16)
-    centre_rounding = float((centres - low.float()).norm(dim=1).max())
-    reach = float(centres_sq.max().sqrt()) + centre_rounding
-    hi = centres_sq.to(torch.bfloat16)
-    augmented = torch.zeros(screen_rows.shape[1], centres.shape[0], dtype=torch.bfloat16, device=centres.device)
-    augmented[:dim] = (-2.0 * low).t()  # exact: a power-of-two scale
-    augmented[dim] = hi
-    augmented[dim + 1] = (centres_sq - hi.float()).to(torch.bfloat16)
-    unit, tiny = BFLOAT16_UNIT_ROUNDOFF, 2.0**-14
-    error = (
-        (2 * centre_rounding + 2 * unit * reach + 2 * tiny * reach) * layout.norms
-        + (2 * reach + 2 * unit * reach) * layout.rounding
-        + (unit + tiny) * reach**2
-    )
-    # A row may improve only if some key falls below this (its current distance less its own norm).
-    bound = min_d2 - reduced_sq + CORESET_SCREEN_SAFETY * error
-    flagged = []
-    for start in range(0, screen_rows.shape[0], CORESET_SCREEN_ROWS):
-        stop = min(screen_rows.shape[0], start + CORESET_SCREEN_ROWS)
-        key = torch.mm(screen_rows[start:stop], augmented).amin(dim=1)
-        flagged.append((key.float() < bound[start:stop]).nonzero().squeeze(1) + start)
-    return torch.cat(flagged)
-
-
-def _update_min_d2(reduced, reduced_sq, min_d2, centres, centres_sq, rows: torch.Tensor | None) -> None:
-    """min_d2 = min(min_d2, distance to the nearest new centre), in float32, for `rows` (None: all).
-    One fused GEMM + broadcast add and one pass for the minimum per chunk; each row's own norm does not
-    change which centre is nearest, so it is added to the [rows] minimum, not to the block."""
-    count = reduced.shape[0] if rows is None else rows.numel()
-    for start in range(0, count, CORESET_UPDATE_ROWS):
-        stop = min(count, start + CORESET_UPDATE_ROWS)
-        part = slice(start, stop) if rows is None else rows[start:stop]
-        partial = torch.addmm(centres_sq.unsqueeze(0), reduced[part], centres.t(), beta=1.0, alpha=-2.0)
-        nearest = (partial.amin(dim=1) + reduced_sq[part]).clamp_min(0.0)
-        min_d2[part] = torch.minimum(min_d2[part], nearest)
-
-
-@dataclass(frozen=True)
-class PatchCoreParams:
-    backbone: str
-    layers: tuple[str, ...]
-    coreset_ratio: float
-    num_neighbors: int
-    embed_dim: int
-    pretrained: bool
-    weights_path: str | None
-    input_hw: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    seed: int
-    batch_size: int
-
-
-class VisionPatchCore(GraphDetector):
+class VisionPatchCore(BackboneDetector):
     """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
 
-    # The memory bank is collected, not trained: `fit` takes no epochs or learning rate. int8 is the
-    # exporter's rewrite of the fp32 graph, whose bank search it finds by BANK_SEARCH_PREFIX.
-    capabilities = Capabilities(trains=False, precisions=("fp32", "fp16", "int8"), reducible_bank=True)
+    capabilities = PATCHCORE.capabilities
     fitted_attribute = "memory_bank_"
 
     def __init__(self, params: PatchCoreParams, device: torch.device):
         self.params = params
         self.device = device
-        spec = get_backbone_spec(params.backbone)
-        extractor, self.weights_sha256 = build_feature_extractor(
-            spec, params.layers, params.pretrained, params.weights_path, params.seed
-        )
-        channels = self._probe_channels(extractor)
+        features = self._backbone_features()
+        # Any input size gives the channel count; a small one keeps the probe cheap.
+        channels, _ = self._probe(features, (64, 64))
         projection = adaptive_pool_matrix(channels, params.embed_dim) if channels > params.embed_dim else None
-        self.embedder = PatchEmbedder(extractor, params.layers, params.mean, params.std, projection).to(device)
+        self.embedder = PatchEmbedder(features, projection).to(device)
         self.feature_dim = params.embed_dim if projection is not None else channels
-
-    def _probe_channels(self, extractor: nn.Module) -> int:
-        with torch.no_grad():
-            probe = extractor(torch.zeros(1, 3, 64, 64))
-        return sum(int(probe[layer].shape[1]) for layer in self.params.layers)
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
@@ -458,7 +242,7 @@ class VisionPatchCore(GraphDetector):
 
     def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPatchCore":
         features = self.embed(images)
-        keep = greedy_coreset(features, self.params.coreset_ratio, self.params.seed)
+        keep = greedy_coreset(features, rows_for_ratio(len(features), self.params.coreset_ratio), self.params.seed)
         self.memory_bank_ = features[keep.to(features.device)].contiguous()
         self.patches_seen_ = int(features.shape[0])
         return self
@@ -473,7 +257,7 @@ class VisionPatchCore(GraphDetector):
         embedder = self.embedder
         if precision == "fp16":
             embedder = copy.deepcopy(self.embedder)
-            embedder.extractor.half()
+            embedder.features.extractor.half()
             embedder.projection = embedder.projection.half()
         graph = PatchCoreGraph(
             embedder, self.memory_bank_, self.params.num_neighbors, self.params.input_hw, PRECISIONS[precision]
@@ -486,8 +270,7 @@ class VisionPatchCore(GraphDetector):
         total = int(self.memory_bank_.shape[0])
         if not 1 <= rows < total:
             raise ValueError(f"a reduced bank needs between 1 and {total - 1} rows (the bank has {total}), got {rows}")
-        # ceil((rows - 0.5) / total * total) == rows, whatever the float rounding.
-        keep = greedy_coreset(self.memory_bank_, (rows - 0.5) / total, self.params.seed)
+        keep = greedy_coreset(self.memory_bank_, rows, self.params.seed)
         self.memory_bank_ = self.memory_bank_[keep.to(self.memory_bank_.device)].contiguous()
         return self
 
@@ -509,11 +292,7 @@ class VisionPatchCore(GraphDetector):
         return {"memory_bank": self.memory_bank_.cpu().numpy()}, {"model": "vision_patchcore", **self.describe()}
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> "VisionPatchCore":
-        if meta.get("weights_sha256") != self.weights_sha256:
-            raise ValueError(
-                f"checkpoint was fitted on backbone weights sha256 {meta.get('weights_sha256')}, "
-                f"but the weights found now have {self.weights_sha256}"
-            )
+        self.check_checkpoint_weights(meta)
         bank = arrays["memory_bank"]
         if bank.ndim != 2 or bank.shape[1] != self.feature_dim:
             raise ValueError(f"memory bank shape {bank.shape} does not fit feature width {self.feature_dim}")

@@ -17,6 +17,7 @@ from pyimgano.workbench.calibration import calibrate
 from pyimgano.workbench.devices import resolve_device
 from pyimgano.workbench.evaluation import evaluate, per_image_records, save_maps
 from pyimgano.workbench.image_scoring import fit_detector, predict_chunked
+from pyimgano.workbench.run_loader import infer_config
 from pyimgano.workbench.samples import image_loader, partition, read_images, read_masks
 
 
@@ -76,27 +77,6 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
         if config.output.per_image_jsonl:
             artifacts.write_jsonl(category_dir / "per_image.jsonl", per_image)
     return report
-
-
-def infer_config(config: WorkbenchConfig, reports: dict[str, dict]) -> dict:
-    """artifacts/infer_config.json: what deployment-style inference needs from this run."""
-    resolved = to_json(config)
-    return {
-        **artifacts.report_header(),
-        "model": resolved["model"],
-        "input": input_contract(config).to_json(),
-        "adaptation": resolved["adaptation"],
-        "defects": config.defects.to_json(),
-        "categories": {
-            category: {
-                "threshold": report["thresholds"]["image"]["value"],
-                "pixel_threshold": report["thresholds"]["pixel"]["value"],
-                "map_postprocess": report["map_postprocess"],
-                "checkpoint": report["checkpoint"],
-            }
-            for category, report in reports.items()
-        },
-    }
 
 
 def run_workbench(config: WorkbenchConfig, export_infer_config: bool = False) -> dict:

@@ -16,7 +16,7 @@ from pyimgano.runtime.context import ScoringContext
 from pyimgano.runtime.manifest import MapPostprocess, ModelDescription, Thresholds
 from pyimgano.runtime.scoring import MapSteps
 from pyimgano.runtime.tiling import TilingConfig
-from pyimgano.workbench import checkpoint
+from pyimgano.workbench import artifacts, checkpoint
 from pyimgano.workbench.devices import resolve_device
 
 
@@ -58,6 +58,29 @@ def model_block(config: WorkbenchConfig, report: dict) -> dict:
     """A category's model description as the manifest's `model` block carries it (ModelDescription)."""
     return {"family": config.model.name.removeprefix("vision_"), "category": report["category"],
             "trained_utc": report["timestamp_utc"], **report["model"]}
+
+
+def infer_config(config: WorkbenchConfig, reports: dict[str, dict]) -> dict:
+    """infer_config.json, one schema whoever writes it: `pyimgano-train --export-infer-config` for every
+    category of a run (artifacts/), the exporter for its bundle's one category. `pyimgano-infer
+    --infer-config` reads its `defects` block as defaults."""
+    return {
+        **artifacts.report_header(),
+        "input": input_contract(config).to_json(),
+        "defects": config.defects.to_json(),
+        "categories": {
+            category: {
+                "model": model_block(config, report),
+                "threshold": report["thresholds"]["image"]["value"],
+                "pixel_threshold": report["thresholds"]["pixel"]["value"],
+                "tiling": report.get("tiling"),
+                "map_postprocess": report["map_postprocess"],
+                # run-relative; the bundle's graph holds the model instead
+                "checkpoint": report["checkpoint"],
+            }
+            for category, report in reports.items()
+        },
+    }
 
 
 def run_context(name: str, config: WorkbenchConfig, report: dict) -> ScoringContext:
