@@ -13,7 +13,15 @@ from pyimgano import __version__
 from pyimgano.config import WorkbenchConfig, input_contract
 from pyimgano.data.types import Sample, load_images
 from pyimgano.export.quantize import CALIBRATION_IMAGES, QuantizeError, quantize_int8
-from pyimgano.export.variants import OnnxScorer, Variant, VariantError, recalibrate, reduce_bank
+from pyimgano.export.variants import (
+    OnnxScorer,
+    Variant,
+    VariantError,
+    at_operating_point,
+    check_variant,
+    recalibrate,
+    reduce_bank,
+)
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
 from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, write_archive
 from pyimgano.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
@@ -29,7 +37,9 @@ PARITY_RTOL = 1e-3
 FP16_PARITY_RTOL = 5e-2
 INT8_PARITY_RTOL = 0.25
 PARITY_RTOLS = {"fp32": PARITY_RTOL, "fp16": FP16_PARITY_RTOL, "int8": INT8_PARITY_RTOL}
-# Test images taken into the parity check beside the calibration images, so anomalous ones are covered.
+# Calibration images in the parity check (the first of them also calibrate int8 activations), and test
+# images beside them, so that anomalous ones are covered.
+PARITY_NORMAL_IMAGES = 64
 PARITY_TEST_IMAGES = 8
 
 
@@ -50,7 +60,7 @@ class ExportResult:
 
 def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
     """Held-out calibration images plus a few test images (anomalous first) recorded in the run."""
-    samples = [Sample(Path(path), 0, "good", None) for path in report["calibration_images"]]
+    samples = [Sample(Path(path), 0, "good", None) for path in report["calibration_images"][:PARITY_NORMAL_IMAGES]]
     per_image = run_dir / "categories" / category / "per_image.jsonl"
     if per_image.is_file():
         records = [json.loads(line) for line in per_image.read_text(encoding="utf-8").splitlines() if line]
@@ -113,6 +123,10 @@ def export_bundle(
         config, category, report = load_run(run_dir, category)
     except RunError as exc:
         raise ExportError(str(exc)) from exc
+    try:
+        check_variant(variant, config)
+    except VariantError as exc:
+        raise ExportError(str(exc)) from exc
     family = config.model.name.removeprefix("vision_")
     parts = (family, report["model"].get("backbone"), category, variant.suffix())
     name = name or "-".join(part for part in parts if part)
@@ -120,13 +134,10 @@ def export_bundle(
     detector = load_detector(run_dir, config, report, torch.device("cpu"))
     if variant.bank_rows:
         try:
-            report = reduce_bank(detector, config, report, variant.bank_rows)
+            report = reduce_bank(detector, report, variant.bank_rows)
         except VariantError as exc:
             raise ExportError(str(exc)) from exc
     reference = detector.graph()
-    if variant.precision not in detector.capabilities.precisions:
-        raise ExportError(f"precision {variant.precision} is not one {config.model.name} exports "
-                          f"(it exports {list(detector.capabilities.precisions)})")
     # int8 is a rewrite of the exported fp32 graph; fp16 is built in torch.
     exported = detector.graph("fp16") if variant.precision == "fp16" else reference
 
@@ -155,6 +166,11 @@ def export_bundle(
             report = recalibrate(OnnxScorer(onnx_path), config, report, ", ".join(how + ["with the int8 graph"]))
         elif variant.bank_rows:
             report = recalibrate(detector, config, report, ", ".join(how))
+        if variant.false_reject_rate is not None:
+            try:
+                report = at_operating_point(report, variant.false_reject_rate)
+            except ValueError as exc:
+                raise ExportError(f"--target-false-reject-rate {variant.false_reject_rate}: {exc}") from exc
         # Against the fp32 torch model, at the bundle's image threshold.
         parity = measure_parity(reference, onnx_path, images, report["thresholds"]["image"]["value"])
         rtol = PARITY_RTOLS[variant.precision]

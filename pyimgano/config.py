@@ -59,18 +59,29 @@ class ModelConfig:
     embed_dim: int | None = None
     # vision_padim: size of the random channel subset that keeps per-position covariances small.
     n_features: int | None = None
-    # Expected share of anomalies among normal-looking data: the image threshold is the
-    # (1 - contamination) quantile of held-out normal scores unless calibration.image_quantile says otherwise.
-    contamination: float = 0.1
+    # The seed's name for the share of good parts the image threshold may reject: when given, it sets
+    # calibration.target_false_reject_rate.
+    contamination: float | None = None
     batch_size: int = 8
 
 
 @dataclass
 class CalibrationConfig:
-    # Share of train/good images kept out of the memory bank to calibrate thresholds on.
+    # Where the normal scores that thresholds are read from come from. "cross_fit": every train/good image
+    # is scored by a model fitted on the other folds, and the shipped model is fitted on all of them;
+    # "holdout": holdout_fraction of train/good is kept out of the model and scored by it.
+    strategy: str = "cross_fit"
+    folds: int = 5
     holdout_fraction: float = 0.2
+    # The share of good parts the image threshold may reject (default 0.01; model.contamination, when
+    # given, sets it). Too few good images for it: a fitted generalized Pareto tail, with a warning.
+    target_false_reject_rate: float | None = None
+    # The seed's form of the same: the threshold is this quantile of the normal scores (1 - the rate).
     image_quantile: float | None = None
-    pixel_quantile: float = 0.999
+    # The pixel threshold: by default the map level that at most the target share of good parts reach
+    # anywhere (each normal image's map maximum, at the same operating point); the seed's pixel_quantile,
+    # when given, makes it that quantile of all normal pixels instead.
+    pixel_quantile: float | None = None
 
 
 @dataclass
@@ -117,6 +128,7 @@ DATASET_NAMES = ("mvtec", "custom", "manifest")
 # paths: images are decoded chunk by chunk as they are scored (bounded memory); numpy: all decoded once up front.
 INPUT_MODES = ("paths", "numpy")
 DEVICES = ("auto", "cpu", "cuda")
+CALIBRATION_STRATEGIES = ("cross_fit", "holdout")
 
 
 def _check_choice(value: str, choices: tuple[str, ...], path: str) -> None:
@@ -143,14 +155,44 @@ def validate(config: WorkbenchConfig) -> WorkbenchConfig:
         _check_range(config.model.coreset_ratio, 0.0, 1.0, "model.coreset_ratio", low_open=True)
     if config.model.num_neighbors is not None and config.model.num_neighbors < 1:
         raise ConfigError("model.num_neighbors: must be at least 1")
-    _check_range(config.model.contamination, 0.0, 0.5, "model.contamination")
+    if config.model.contamination is not None:
+        _check_range(config.model.contamination, 0.0, 0.5, "model.contamination", low_open=True)
     _check_range(config.calibration.holdout_fraction, 0.0, 0.9, "calibration.holdout_fraction", low_open=True)
+    if config.calibration.folds < 2:
+        raise ConfigError(f"calibration.folds: {config.calibration.folds} is below 2 (cross-fitting needs two folds)")
+    if config.calibration.target_false_reject_rate is not None:
+        _check_range(config.calibration.target_false_reject_rate, 0.0, 0.5, "calibration.target_false_reject_rate",
+                     low_open=True)
     if config.calibration.image_quantile is not None:
-        _check_range(config.calibration.image_quantile, 0.0, 1.0, "calibration.image_quantile")
-    _check_range(config.calibration.pixel_quantile, 0.0, 1.0, "calibration.pixel_quantile")
+        _check_range(config.calibration.image_quantile, 0.5, 1.0, "calibration.image_quantile", low_open=False)
+        if not config.calibration.image_quantile < 1.0:
+            raise ConfigError("calibration.image_quantile: 1.0 would reject no good part at all, which no finite "
+                              "sample can show; state calibration.target_false_reject_rate instead")
+    target_false_reject_rate(config)
+    if config.calibration.pixel_quantile is not None:
+        _check_range(config.calibration.pixel_quantile, 0.0, 1.0, "calibration.pixel_quantile")
     if config.model.batch_size < 1:
         raise ConfigError("model.batch_size: must be at least 1")
     return config
+
+
+DEFAULT_FALSE_REJECT_RATE = 0.01
+
+
+def target_false_reject_rate(config: WorkbenchConfig) -> float:
+    """The share of good parts the image threshold may reject, from whichever of its three spellings the
+    config gives (calibration.target_false_reject_rate, model.contamination, calibration.image_quantile);
+    two that disagree are refused."""
+    given = {
+        "calibration.target_false_reject_rate": config.calibration.target_false_reject_rate,
+        "model.contamination": config.model.contamination,
+        "calibration.image_quantile": None if config.calibration.image_quantile is None
+        else round(1.0 - config.calibration.image_quantile, 12),
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"{' and '.join(given)} set different false-reject rates ({given}); give one")
+    return next(iter(given.values()), DEFAULT_FALSE_REJECT_RATE)
 
 
 def parse_config(data: dict) -> WorkbenchConfig:
@@ -206,6 +248,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset.name": DATASET_NAMES,
     "dataset.input_mode": INPUT_MODES,
     "model.device": DEVICES,
+    "calibration.strategy": CALIBRATION_STRATEGIES,
 }
 
 

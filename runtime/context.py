@@ -16,6 +16,12 @@ class ContextError(ValueError):
     """The context cannot serve what was asked of it (e.g. a pixel strategy whose table it lacks)."""
 
 
+def describe_tiling(tiling) -> str:
+    if tiling is None:
+        return "without tiling (whole images resized to the model input)"
+    return f"with tiling tile_size {tiling.tile_size}, stride {tiling.stride}, map_reduce {tiling.map_reduce}"
+
+
 @dataclass(frozen=True)
 class ScoringContext:
     # Names the source in summaries: "NAME-VERSION" for a bundle, "run:DIR:CATEGORY" for a run.
@@ -34,8 +40,14 @@ class ScoringContext:
     def pixel_threshold(self) -> float:
         return self.thresholds.pixel.value
 
-    def with_tiling(self, tiling) -> "ScoringContext":
-        """The same context scoring with other tiling (`--tile-size` on any bundle)."""
+    def with_tiling(self, tiling, calibrated_only: bool = True) -> "ScoringContext":
+        """The same context scoring with other tiling. Tiling changes every score and map, and the thresholds
+        hold only for the tiling they were calibrated with: another one is refused unless `calibrated_only`
+        is False (the caller then says the decisions are uncalibrated)."""
+        if calibrated_only and tiling != self.steps.tiling:
+            raise ContextError(f"{self.name}'s thresholds were calibrated {describe_tiling(self.steps.tiling)}; "
+                               f"scoring {describe_tiling(tiling)} would judge every image against thresholds "
+                               "that do not hold for it")
         return dataclasses.replace(self, steps=self.steps.with_tiling(tiling))
 
     def pixel_threshold_for(self, defects: DefectsConfig) -> float:

@@ -69,6 +69,10 @@ class DefectsConfig:
     min_fill_ratio: float | None = None
     max_aspect_ratio: float | None = None
     min_solidity: float | None = None
+    # Region refinement relative to each region's peak: of an (8-connected) region above the pixel
+    # threshold t with peak value p, only pixels at or above t + f * (p - t) are kept. A blurred map spreads
+    # a defect's response well beyond the defect; its edge lies near a fixed share of the way up the peak.
+    region_peak_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.mask_format not in MASK_FORMATS:
@@ -118,6 +122,10 @@ class DefectsConfig:
                 raise ValueError(f"{name} must be in [0, 1] or null, got {value!r}")
         if self.max_aspect_ratio is not None and not (_finite(self.max_aspect_ratio) and self.max_aspect_ratio >= 1.0):
             raise ValueError(f"max_aspect_ratio must be >= 1 or null, got {self.max_aspect_ratio!r}")
+        if self.region_peak_fraction is not None and not (
+            _finite(self.region_peak_fraction) and 0.0 <= self.region_peak_fraction < 1.0
+        ):
+            raise ValueError(f"region_peak_fraction must be in [0, 1) or null, got {self.region_peak_fraction!r}")
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -190,6 +198,18 @@ def _hysteresis(full: np.ndarray, low: float, high: float) -> np.ndarray:
     return seeded[labels].astype(np.uint8)
 
 
+def _refine_to_peaks(binary: np.ndarray, full: np.ndarray, threshold: float, fraction: float) -> np.ndarray:
+    """Keeps, of each 8-connected region, the pixels at or above threshold + fraction * (its peak - threshold)."""
+    count, labels = cv2.connectedComponents(binary, connectivity=8)
+    if count <= 1:
+        return binary
+    peaks = np.full(count, -np.inf, dtype=np.float64)
+    np.maximum.at(peaks, labels[binary > 0], full[binary > 0])
+    cuts = threshold + fraction * (peaks - threshold)
+    cuts[0] = np.inf
+    return (binary.astype(bool) & (full >= cuts[labels])).astype(np.uint8)
+
+
 def _group_labels(binary: np.ndarray, merge_gap_px: int) -> np.ndarray:
     """int32 label per foreground pixel (0 = background): its 8-connected component, or with a merge gap
     the component of the dilated mask it falls in. A square kernel of side gap + 1 grows every component
@@ -234,7 +254,8 @@ def extract_regions(
     is defective when its map value is strictly above the threshold (as an image is anomalous when its
     score is strictly above the image threshold) or, with `hysteresis_low`, above the low threshold and
     8-connected through above-low pixels to one above the threshold; and it lies in the allowed area
-    (ROI minus border). Then opening, closing and hole filling. Components at most `merge_gap_px` apart
+    (ROI minus border). Then opening, closing, hole filling, and the refinement of each region to its
+    peak (`region_peak_fraction`). Components at most `merge_gap_px` apart
     become one region (the mask keeps their own pixels). Regions below `min_area`, `min_score_max`,
     `min_score_mean`, `min_fill_ratio` or `min_solidity`, or above `max_aspect_ratio`, are dropped (and
     cleared from the mask); the rest are sorted by `region_sort`, highest first, and cut to
@@ -255,6 +276,8 @@ def extract_regions(
         binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _ellipse(config.close_ksize))
     if config.fill_holes:
         binary = _fill_holes(binary)
+    if config.region_peak_fraction is not None:
+        binary = _refine_to_peaks(binary, full, pixel_threshold, config.region_peak_fraction)
     labels = _group_labels(binary, config.merge_gap_px)
 
     # Foreground pixels in raster order, grouped by label (a stable sort keeps raster order in a group).

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from pyimgano.runtime.context import ScoringContext
-from pyimgano.runtime.defects import DefectsConfig, extract_regions
+from pyimgano.runtime.decision import decide
+from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.images import ImageReadError, read_rgb
 from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.scoring import BatchScorer
@@ -29,6 +30,8 @@ class InferOptions:
     save_overlays: Path | None = None
     # Stop reading new inputs once this many have failed (their records are still written); None = never.
     max_errors: int | None = None
+    # False when scoring with settings the thresholds were not calibrated for: each record says so.
+    calibrated: bool = True
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Summary:
     images: int = 0
     errors: int = 0
     anomalous: int = 0
+    # With defect extraction: anomalous images whose defect at least one region locates.
+    located: int | None = None
     seconds: float = 0.0
     stopped_early: bool = False
     stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "preprocess": 0.0, "graph": 0.0, "defects": 0.0})
@@ -46,6 +51,7 @@ class Summary:
             "images": self.images,
             "errors": self.errors,
             "anomalous": self.anomalous,
+            **({"anomalous_located": self.located} if self.located is not None else {}),
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 4),
             "images_per_second": round(scored / self.seconds, 3) if self.seconds > 0 else None,
@@ -152,7 +158,7 @@ def run_inference(
     pixel_threshold = context.pixel_threshold_for(defects) if defects else context.pixel_threshold
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     overlays = MaskWriter(options.save_overlays, "png", suffix="overlay") if options.save_overlays else None
-    summary = Summary(images=len(paths))
+    summary = Summary(images=len(paths), located=0 if defects else None)
     started = time.perf_counter()
     progress = Progress("inference", len(paths))
     for chunk in _chunks(paths, options.batch_size):
@@ -177,27 +183,30 @@ def run_inference(
             scores, maps = context.steps.score(scorer, images, options.batch_size, summary.stage_seconds)
             for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
                 height, width = image.shape[:2]
-                label = int(score > image_threshold)
-                summary.anomalous += label
+                t0 = time.perf_counter()
+                decision = decide(float(score), anomaly_map, (height, width), image_threshold, defects, pixel_threshold)
+                summary.anomalous += decision.label
                 record = records[slot]
                 record.update(
-                    score=float(score),
-                    label=label,
+                    score=decision.score,
+                    label=decision.label,
                     threshold=image_threshold,
                     image_size=[int(height), int(width)],
                     map=map_stats(anomaly_map),
                 )
-                regions: list[dict] = []
-                t0 = time.perf_counter()
+                if not options.calibrated:
+                    record["calibrated"] = False
                 if defects:
-                    mask, regions = extract_regions(anomaly_map, (height, width), pixel_threshold, defects)
+                    summary.located += bool(decision.located)
                     record["defects"] = {
                         "pixel_threshold": pixel_threshold,
-                        "regions": regions,
-                        "mask_path": str(masks.write(Path(record["input"]), mask)) if masks else None,
+                        "regions": decision.regions,
+                        "located": decision.located,
+                        "mask_path": str(masks.write(Path(record["input"]), decision.mask)) if masks else None,
                     }
                 if overlays:
-                    record["overlay_path"] = str(overlays.write(Path(record["input"]), overlay(image, anomaly_map, pixel_threshold, regions)))
+                    picture = overlay(image, anomaly_map, pixel_threshold, decision.regions or [])
+                    record["overlay_path"] = str(overlays.write(Path(record["input"]), picture))
                 summary.stage_seconds["defects"] += time.perf_counter() - t0
         for record in records:
             emit(record)

@@ -14,7 +14,8 @@ import numpy as np
 from pyimgano.runtime import strict
 from pyimgano.runtime.bundle import open_bundle
 from pyimgano.runtime.context import ScoringContext
-from pyimgano.runtime.defects import DefectsConfig, extract_regions
+from pyimgano.runtime.decision import decide
+from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.engine import Engine
 from pyimgano.runtime.images import ImageReadError, read_rgb
 
@@ -84,13 +85,10 @@ class Inspector:
         return results
 
     def _decide(self, score: float, anomaly_map: np.ndarray, hw: tuple[int, int]) -> Inspection:
-        threshold = self.context.image_threshold
-        mask = regions = None
-        if self.defects:
-            mask, regions = extract_regions(anomaly_map, hw, self.pixel_threshold, self.defects)
-        return Inspection(score=score, label=int(score > threshold), threshold=threshold, map=anomaly_map,
-                          image_size=(int(hw[0]), int(hw[1])), regions=regions, mask=mask,
-                          pixel_threshold=self.pixel_threshold)
+        decision = decide(score, anomaly_map, hw, self.context.image_threshold, self.defects, self.pixel_threshold)
+        return Inspection(score=decision.score, label=decision.label, threshold=decision.threshold, map=anomaly_map,
+                          image_size=(int(hw[0]), int(hw[1])), regions=decision.regions, mask=decision.mask,
+                          pixel_threshold=decision.pixel_threshold)
 
 
 def _read(path: str | os.PathLike) -> np.ndarray:

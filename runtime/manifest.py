@@ -21,9 +21,11 @@ from pyimgano.runtime.postprocess import NormalizationStats, PostprocessConfig
 from pyimgano.runtime.tiling import TilingConfig
 
 FORMAT_NAME = "pyimgano-bundle"
-# 1.0: the first format. A minor version adds optional keys only; a runtime reads every bundle of its major
-# version up to its own minor, and refuses a newer minor (whose keys it could not check) by name.
-FORMAT_VERSION = "1.0"
+# A minor version adds optional keys only; a runtime reads every bundle of its major version up to its own
+# minor, and refuses a newer minor (whose keys it could not check) by name.
+# 1.0: the first format. 1.1: an image threshold's operating point (target_false_reject_rate,
+# false_reject_rate, false_reject_rate_ci95, tail, warning).
+FORMAT_VERSION = "1.1"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -42,8 +44,23 @@ class ScoreSummary:
 
 
 @dataclass(frozen=True)
+class TailFit:
+    """A generalized Pareto fit to the excesses of the highest normal scores over `threshold_u`."""
+
+    distribution: str
+    estimator: str
+    threshold_u: float
+    exceedances: int
+    of: int
+    shape: float
+    scale: float
+
+
+@dataclass(frozen=True)
 class Threshold:
-    """A calibrated threshold and where it came from (the run report carries the same record)."""
+    """A calibrated threshold and where it came from (the run report carries the same record). An image
+    threshold set at an operating point (1.1) says the target share of good parts it may reject, the share
+    its normal scores show at it with the 95% interval, the tail fit it extrapolates (if any) and why."""
 
     value: float
     method: str
@@ -51,6 +68,11 @@ class Threshold:
     count: int
     score_summary: ScoreSummary
     source: str
+    target_false_reject_rate: float | None = None
+    false_reject_rate: float | None = None
+    false_reject_rate_ci95: tuple[float, float] | None = None
+    tail: TailFit | None = None
+    warning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import math
 
 import pytest
 
+from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.config import (
+    DEFAULT_FALSE_REJECT_RATE,
     CalibrationConfig,
     ConfigError,
     DatasetConfig,
@@ -20,8 +22,12 @@ from pyimgano.config import (
     WorkbenchConfig,
     load_config_file,
     parse_config,
+    target_false_reject_rate,
     to_json,
 )
+
+# What every recipe sets under the defects block: regions refined to their peaks.
+RECIPE_DEFECTS = DefectsConfig(region_peak_fraction=0.5)
 
 # The seed's minimal config, copied literally.
 SEED_JSON = (
@@ -121,9 +127,12 @@ def test_seed_config_parses_with_exact_values_and_types():
     assert cfg.model.batch_size == 8
 
     assert isinstance(cfg.calibration, CalibrationConfig)
+    assert cfg.calibration.strategy == "cross_fit" and cfg.calibration.folds == 5
     assert cfg.calibration.holdout_fraction == 0.2
     assert cfg.calibration.image_quantile is None
-    assert cfg.calibration.pixel_quantile == 0.999
+    assert cfg.calibration.pixel_quantile is None
+    assert cfg.calibration.target_false_reject_rate is None
+    assert target_false_reject_rate(cfg) == 0.1  # the seed's contamination sets it
 
     assert isinstance(cfg.output, OutputConfig)
     assert cfg.output.output_dir == "runs/my_run"
@@ -134,8 +143,9 @@ def test_seed_config_parses_with_exact_values_and_types():
 def test_seed_config_equals_explicitly_built_dataclasses():
     expected = WorkbenchConfig(
         dataset=DatasetConfig(root="/path/to/mvtec_ad", category="bottle", resize=(256, 256)),
-        model=ModelConfig(device="cuda", preset="industrial-balanced"),
+        model=ModelConfig(device="cuda", preset="industrial-balanced", contamination=0.1),
         output=OutputConfig(output_dir="runs/my_run"),
+        defects=RECIPE_DEFECTS,
         seed=123,
     )
     assert parse_config(seed_data()) == expected
@@ -143,7 +153,7 @@ def test_seed_config_equals_explicitly_built_dataclasses():
 
 def test_minimal_config_only_needs_dataset_root_and_category():
     cfg = parse_config({"dataset": {"root": "r", "category": "c"}})
-    assert cfg == WorkbenchConfig(dataset=DatasetConfig(root="r", category="c"))
+    assert cfg == WorkbenchConfig(dataset=DatasetConfig(root="r", category="c"), defects=RECIPE_DEFECTS)
     assert cfg.seed == 0
     assert cfg.recipe == "industrial-adapt"
     assert cfg.model.device == "auto"
@@ -220,7 +230,7 @@ def test_unknown_nested_key_is_reported_even_when_the_value_would_be_valid():
         ("dataset.resize", [256, "256"], ["dataset.resize[1]", "expected integer", "str '256'"]),
         ("dataset.resize", [256.0, 256], ["dataset.resize[0]", "expected integer", "float 256.0"]),
         ("dataset.limit_train", True, ["dataset.limit_train", "expected integer or null", "bool True"]),
-        ("model.contamination", None, ["model.contamination", "expected number", "NoneType None"]),
+        ("model.contamination", "0.1", ["model.contamination", "expected number or null", "str '0.1'"]),
         # Inside an optional (`| None`) field the whole value is reported, not the bad item.
         ("model.layers", ["layer2", 3], ["model.layers", "expected list of string or null", "list ['layer2', 3]"]),
         ("model.layers", "layer2", ["model.layers", "expected list of string or null", "str 'layer2'"]),
@@ -271,10 +281,14 @@ def test_optional_sections_may_be_missing():
         ("model.coreset_ratio", 1.5, "model.coreset_ratio: 1.5 is outside (0.0, 1.0]"),
         ("model.coreset_ratio", -0.1, "model.coreset_ratio: -0.1 is outside (0.0, 1.0]"),
         ("calibration.pixel_quantile", 2, "calibration.pixel_quantile: 2.0 is outside [0.0, 1.0]"),
-        ("calibration.image_quantile", 1.01, "calibration.image_quantile: 1.01 is outside [0.0, 1.0]"),
+        ("calibration.image_quantile", 1.01, "calibration.image_quantile: 1.01 is outside [0.5, 1.0]"),
+        ("calibration.strategy", "bootstrap", "calibration.strategy: 'bootstrap' is not one of ['cross_fit', 'holdout']"),
+        ("calibration.folds", 1, "calibration.folds: 1 is below 2 (cross-fitting needs two folds)"),
+        ("calibration.target_false_reject_rate", 0, "calibration.target_false_reject_rate: 0.0 is outside (0.0, 0.5]"),
         ("calibration.holdout_fraction", 0, "calibration.holdout_fraction: 0.0 is outside (0.0, 0.9]"),
         ("calibration.holdout_fraction", 0.95, "calibration.holdout_fraction: 0.95 is outside (0.0, 0.9]"),
-        ("model.contamination", 0.6, "model.contamination: 0.6 is outside [0.0, 0.5]"),
+        ("model.contamination", 0.6, "model.contamination: 0.6 is outside (0.0, 0.5]"),
+        ("model.contamination", 0.0, "model.contamination: 0.0 is outside (0.0, 0.5]"),
         ("model.num_neighbors", 0, "model.num_neighbors: must be at least 1"),
         ("model.batch_size", 0, "model.batch_size: must be at least 1"),
         ("dataset.resize", [256, 31], "dataset.resize: [256, 31] is smaller than 32 pixels"),
@@ -289,11 +303,12 @@ def test_validate_rejects_out_of_range_and_unknown_choices(dotted, value, expect
     [
         ("model.coreset_ratio", 1.0),  # upper bound is closed
         ("model.coreset_ratio", 1e-6),
-        ("model.contamination", 0.0),
+        ("model.contamination", 1e-6),
         ("model.contamination", 0.5),
+        ("model.contamination", None),
         ("calibration.holdout_fraction", 0.9),
         ("calibration.pixel_quantile", 1.0),
-        ("calibration.image_quantile", 0.0),
+        ("calibration.image_quantile", 0.9),  # the seed's contamination 0.1 says the same
         ("dataset.resize", [32, 32]),
         ("model.device", "cpu"),
         ("model.device", "auto"),
@@ -402,7 +417,8 @@ def test_to_json_is_plain_json_with_lists():
     data = to_json(cfg)
     assert data["dataset"]["resize"] == [256, 256]
     assert type(data["dataset"]["resize"]) is list
-    assert data["calibration"] == {"holdout_fraction": 0.2, "image_quantile": None, "pixel_quantile": 0.999}
+    assert data["calibration"] == {"strategy": "cross_fit", "folds": 5, "holdout_fraction": 0.2,
+                                   "target_false_reject_rate": None, "image_quantile": None, "pixel_quantile": None}
     assert data["seed"] == 123
     assert json.loads(json.dumps(data)) == data
 
@@ -426,10 +442,28 @@ def test_to_json_round_trip_every_field_set():
             "batch_size": 4,
         }
     )
-    data["calibration"] = {"holdout_fraction": 0.3, "image_quantile": 0.99, "pixel_quantile": 0.995}
+    data["model"]["contamination"] = 0.01
+    data["calibration"] = {"strategy": "holdout", "folds": 3, "holdout_fraction": 0.3, "image_quantile": 0.99,
+                           "pixel_quantile": 0.995, "target_false_reject_rate": 0.01}
     cfg = parse_config(data)
     assert cfg.dataset.resize == (320, 224)
     assert cfg.model.layers == ["layer2", "layer3"]
     again = parse_config(to_json(cfg))
     assert again == cfg
     assert to_json(again) == to_json(cfg)
+
+
+@pytest.mark.parametrize("extra, rate", [({}, 0.1), ({"calibration": {"target_false_reject_rate": 0.1}}, 0.1),
+                                         ({"calibration": {"image_quantile": 0.9}}, 0.1)])
+def test_the_false_reject_rate_has_three_spellings_that_must_agree(extra, rate):
+    data = seed_data()
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    assert target_false_reject_rate(parse_config(data)) == rate
+    data["calibration"] = {"target_false_reject_rate": 0.01}
+    with pytest.raises(ConfigError, match="calibration.target_false_reject_rate and model.contamination set different"):
+        parse_config(data)
+    del data["model"]["contamination"]
+    assert target_false_reject_rate(parse_config(data)) == 0.01
+    data["calibration"] = {}
+    assert target_false_reject_rate(parse_config(data)) == DEFAULT_FALSE_REJECT_RATE

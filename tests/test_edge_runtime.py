@@ -156,8 +156,14 @@ def test_manifest_schema_and_recorded_checksums(edge_fixture):
         threshold = manifest["thresholds"][kind]
         assert set(threshold) == permitted_keys(Threshold)
         summary = threshold["score_summary"]
-        assert summary["min"] <= threshold["value"] <= summary["max"]
-    assert manifest["thresholds"]["pixel"]["count"] == manifest["thresholds"]["image"]["count"] * 256 * 256
+        # Read from the normal images' scores (map maxima for the pixel threshold): within their range, or
+        # above their maximum where a tail is extrapolated.
+        assert summary["min"] <= threshold["value"]
+        assert threshold["value"] <= summary["max"] or threshold["method"].endswith("_tail")
+        assert threshold["target_false_reject_rate"] == 0.01
+    thresholds = manifest["thresholds"]
+    assert thresholds["pixel"]["method"].startswith("normal_map_max")
+    assert thresholds["pixel"]["count"] == thresholds["image"]["count"]
     infer_config = json.loads((bundle_dir / "infer_config.json").read_text())
     # The run's artifacts/infer_config.json schema, with the bundle's one category.
     [(category, entry)] = infer_config["categories"].items()

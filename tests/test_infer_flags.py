@@ -35,10 +35,14 @@ def masks_of(records: list[dict]) -> list[np.ndarray]:
     return [cv2.imread(r["defects"]["mask_path"], cv2.IMREAD_GRAYSCALE) > 0 for r in records]
 
 
+UNREFINED = ("--defect-region-peak-fraction", "0")
+
+
 @pytest.fixture(scope="module")
 def baseline(edge_fixture, tmp_path_factory):
     folder = tmp_path_factory.mktemp("baseline")
-    records, _ = run(edge_fixture, folder, "--defects", "--save-masks", str(folder / "m"))
+    # Morphology and filters are checked on unrefined regions (the peak refinement has its own test).
+    records, _ = run(edge_fixture, folder, "--defects", "--save-masks", str(folder / "m"), *UNREFINED)
     assert sum(len(r["defects"]["regions"]) for r in records) > 0
     return records
 
@@ -100,6 +104,16 @@ def test_roi_keeps_regions_inside(edge_fixture, tmp_path, baseline):
     assert len(regions(records)) < len(regions(baseline))
 
 
+def test_regions_refined_to_their_peaks_keep_a_subset_and_every_peak(edge_fixture, tmp_path, baseline):
+    """The shipped refinement (the bundle's own defects block: 0.5) keeps, of each region, the pixels at least
+    halfway from the pixel threshold to its peak: a subset of the unrefined mask holding every region's peak."""
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--save-masks", str(tmp_path / "m"))
+    new, old = masks_of(records), masks_of(baseline)
+    assert all((n & ~o).sum() == 0 for n, o in zip(new, old)) and sum(n.sum() for n in new) < sum(o.sum() for o in old)
+    for record, unrefined in zip(records, baseline):
+        assert {r["score_max"] for r in unrefined["defects"]["regions"]} <= {r["score_max"] for r in record["defects"]["regions"]}
+
+
 @pytest.mark.parametrize(
     ("flags", "relation"),
     [
@@ -113,7 +127,7 @@ def test_roi_keeps_regions_inside(edge_fixture, tmp_path, baseline):
     ],
 )
 def test_mask_flags(edge_fixture, tmp_path, baseline, flags, relation):
-    records, _ = run(edge_fixture, tmp_path, "--defects", "--save-masks", str(tmp_path / "m"), *flags)
+    records, _ = run(edge_fixture, tmp_path, "--defects", "--save-masks", str(tmp_path / "m"), *UNREFINED, *flags)
     new, old = masks_of(records), masks_of(baseline)
     if relation == "subset":
         assert all((n & ~o).sum() == 0 for n, o in zip(new, old)) and sum(n.sum() for n in new) < sum(o.sum() for o in old)
@@ -145,16 +159,17 @@ def test_region_filters(edge_fixture, tmp_path, baseline, flags, keep):
     if flags[1] == "QMAX":  # the median peak of the baseline regions: about half must go
         flags = (flags[0], str(float(np.median([r["score_max"] for r in regions(baseline)]))))
         keep = lambda r, v=float(flags[1]): r["score_max"] >= v  # noqa: E731
-    records, _ = run(edge_fixture, tmp_path, "--defects", *flags)
+    records, _ = run(edge_fixture, tmp_path, "--defects", *UNREFINED, *flags)
     assert all(keep(region) for region in regions(records))
     assert len(regions(records)) <= len(regions(baseline))
 
 
 def test_min_score_mean_and_max_regions_with_sort(edge_fixture, tmp_path, baseline):
     cut = float(np.median([r["score_mean"] for r in regions(baseline)]))
-    records, _ = run(edge_fixture, tmp_path, "--defects", "--defect-min-score-mean", str(cut))
+    records, _ = run(edge_fixture, tmp_path, "--defects", *UNREFINED, "--defect-min-score-mean", str(cut))
     assert all(r["score_mean"] >= cut for r in regions(records)) and len(regions(records)) < len(regions(baseline))
-    records, _ = run(edge_fixture, tmp_path, "--defects", "--defect-max-regions", "1", "--defect-region-sort", "area")
+    records, _ = run(edge_fixture, tmp_path, "--defects", *UNREFINED, "--defect-max-regions", "1", "--defect-region-sort",
+                     "area")
     for record, old in zip(records, baseline):
         assert len(record["defects"]["regions"]) <= 1
         if old["defects"]["regions"]:
@@ -184,12 +199,25 @@ def test_regions_jsonl_and_overlays(edge_fixture, tmp_path, baseline):
             assert tuple(picture[y0, x0]) == (0, 255, 0)
 
 
-def test_tile_flags_tile_any_bundle(edge_fixture, tmp_path):
-    records, _ = run(edge_fixture, tmp_path, "--tile-size", "128", "--tile-stride", "96", "--tile-map-reduce", "hann")
+def test_tiling_the_bundle_was_not_calibrated_for_is_refused(edge_fixture, tmp_path):
+    """The issue's case: tiles 128 / stride 96 on a bundle calibrated on whole images marked 225 of 238 good
+    images anomalous with no warning. Now it is refused by default, naming the flags and the bundle's setting."""
+    result = CliRunner().invoke(main, ["--bundle", str(edge_fixture["bundle_dir"]), "--input",
+                                       str(edge_fixture["category_dir"] / "test" / "good"), "--save-jsonl",
+                                       str(tmp_path / "r.jsonl"), "--tile-size", "128", "--tile-stride", "96"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--tile-size 128 --tile-stride 96" in result.output and "calibrated without tiling" in result.output
+    assert not (tmp_path / "r.jsonl").exists() or not (tmp_path / "r.jsonl").read_text()
+
+
+def test_uncalibrated_tiling_scores_and_says_so(edge_fixture, tmp_path):
+    records, _ = run(edge_fixture, tmp_path, "--tile-size", "128", "--tile-stride", "96", "--tile-map-reduce", "hann",
+                     "--uncalibrated-tiling")
     for record in records:
         assert record["map"]["shape"] == record["image_size"]  # tiled maps come back at the image's own size
+        assert record["calibrated"] is False
     plain, _ = run(edge_fixture, tmp_path)
-    assert all(p["map"]["shape"] == [256, 256] for p in plain)
+    assert all(p["map"]["shape"] == [256, 256] and "calibrated" not in p for p in plain)
     assert [r["score"] for r in records] != [p["score"] for p in plain]
 
 
@@ -225,7 +253,7 @@ def test_a_defect_across_a_tile_seam_is_one_region(edge_fixture, tmp_path):
     path = tmp_path / "seam.png"
     cv2.imwrite(str(path), image)
     records, _ = run(edge_fixture, tmp_path, "--tile-size", "512", "--tile-stride", "384", "--tile-map-reduce", "hann",
-                     "--defects", "--defect-min-area", "400", inputs=str(path))
+                     "--uncalibrated-tiling", "--defects", "--defect-min-area", "400", inputs=str(path))
     [record] = records
     assert record["label"] == 1
     hits = [r for r in record["defects"]["regions"]
@@ -234,3 +262,19 @@ def test_a_defect_across_a_tile_seam_is_one_region(edge_fixture, tmp_path):
     x0, y0, x1, y1 = hits[0]["bbox_xyxy"]
     # The one region spans both sides of the seam in both directions.
     assert x0 < 512 - 20 and x1 > 512 + 20 and y0 < 512 - 10 and y1 > 512 + 10
+
+
+def test_one_verdict_a_good_part_has_no_regions_and_the_summary_agrees(edge_fixture, tmp_path):
+    """The issue's case: records that said OK while listing defect regions. Good and defect images together,
+    with a pixel threshold low enough that good images' maps cross it too."""
+    probe, _ = run(edge_fixture, tmp_path, "--batch-size", "4", inputs=str(edge_fixture["category_dir"] / "test" / "good"))
+    low = str(float(np.quantile([r["map"]["max"] for r in probe], 0.5)))
+    records, summary = run(edge_fixture, tmp_path, "--defects", "--pixel-threshold", low,
+                           inputs=str(edge_fixture["category_dir"] / "test"))
+    good = [r for r in records if r["label"] == 0]
+    anomalous = [r for r in records if r["label"] == 1]
+    assert good and anomalous
+    assert all(r["defects"]["regions"] == [] and r["defects"]["located"] is None for r in good)
+    assert all(r["defects"]["located"] is bool(r["defects"]["regions"]) for r in anomalous)
+    assert summary["anomalous"] == len(anomalous)
+    assert summary["anomalous_located"] == sum(r["defects"]["located"] for r in anomalous)

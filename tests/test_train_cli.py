@@ -119,7 +119,7 @@ def test_same_config_same_scores(tmp_path, small_dataset):
 def test_export_variants_through_the_cli(tmp_path, small_dataset):
     """--precision and --bank-rows: what a user sees for a good request and for each refusal."""
     path = write_config(tmp_path, dataset={"root": str(small_dataset), "resize": [64, 64]},
-                        model={"preset": "industrial-fast"})
+                        model={"preset": "industrial-fast"}, calibration={"strategy": "holdout"})
     assert CliRunner().invoke(train_main, ["--config", str(path)]).exit_code == ExitCode.OK
     run = tmp_path / "run"
     rows = json.loads((run / "categories" / "synthetic_texture" / "report.json").read_text())["model"]["memory_bank_rows"]
@@ -140,6 +140,23 @@ def test_export_variants_through_the_cli(tmp_path, small_dataset):
 
     unknown = CliRunner().invoke(export_main, ["--from-run", str(run), "--out", str(tmp_path / "d"), "--precision", "fp8"])
     assert unknown.exit_code == ExitCode.USAGE and "'fp8' is not one of 'fp32', 'fp16', 'int8'" in unknown.output
+
+
+def test_variants_that_recalibrate_are_refused_from_a_cross_fitted_run(tmp_path, small_dataset):
+    """Every train image of a cross-fitted run is in its model: nothing is left to recalibrate a variant on."""
+    path = write_config(tmp_path, dataset={"root": str(small_dataset), "resize": [64, 64]},
+                        model={"preset": "industrial-fast"})
+    assert CliRunner().invoke(train_main, ["--config", str(path)]).exit_code == ExitCode.OK
+    for flags in (["--precision", "int8"], ["--bank-rows", "10"]):
+        result = CliRunner().invoke(export_main, ["--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "b"),
+                                                  *flags])
+        assert result.exit_code == ExitCode.DATA_ERROR, result.output
+        assert 'train with calibration.strategy "holdout"' in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "b").exists()
+    # A variant whose scores do not move exports as usual.
+    result = CliRunner().invoke(export_main, ["--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "b"),
+                                              "--precision", "fp16"])
+    assert result.exit_code == ExitCode.OK, result.output
 
 
 def test_precision_variants_are_patchcore_only(tmp_path, small_dataset):

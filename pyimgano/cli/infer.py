@@ -12,6 +12,7 @@ import click
 from pyimgano.cli.errors import UsageError, run_program
 from pyimgano.runtime import strict
 from pyimgano.runtime.bundle import open_bundle
+from pyimgano.runtime.context import ContextError
 from pyimgano.runtime.defects import MASK_FORMATS, REGION_SORT_KEYS, THRESHOLD_STRATEGIES, DefectsConfig
 from pyimgano.runtime.engine import DEVICES, Engine
 from pyimgano.runtime.exit_codes import ExitCode
@@ -37,6 +38,9 @@ DEFECT_FLAGS = (
      "Keep pixels above this low threshold when connected to a pixel above the pixel threshold."),
     ("--defect-open-ksize", "open_ksize", click.IntRange(min=0), "Morphological opening of the mask (0 = off)."),
     ("--defect-close-ksize", "close_ksize", click.IntRange(min=0), "Morphological closing of the mask (0 = off)."),
+    ("--defect-region-peak-fraction", "region_peak_fraction", click.FloatRange(0.0, 1.0, max_open=True),
+     "Keep of each region the pixels at least this share of the way from the pixel threshold to its peak "
+     "(0 = off; the recipes ship 0.5)."),
     ("--defect-fill-holes/--no-defect-fill-holes", "fill_holes", None, "Fill holes inside regions."),
     ("--defect-merge-gap-px", "merge_gap_px", click.IntRange(min=0), "Report regions closer than this as one."),
     ("--defect-min-area", "min_area", click.IntRange(min=0), "Drop regions smaller than this (original pixels)."),
@@ -141,9 +145,13 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
 @click.option("--save-overlays", type=click.Path(file_okay=False, path_type=Path),
               help="Write the heat map blended on each image, region boxes drawn, as PNG into this folder.")
 @click.option("--tile-size", type=click.IntRange(min=32), default=None,
-              help="Tile each image (original pixels) for high-resolution inputs; overrides the bundle's tiling.")
+              help="Tile each image (original pixels) for high-resolution inputs; must match the tiling the bundle "
+                   "was calibrated with (see --uncalibrated-tiling).")
 @click.option("--tile-stride", type=click.IntRange(min=1), default=None, help="Tile stride (default: tile size).")
 @click.option("--tile-map-reduce", type=click.Choice(MAP_REDUCE), default=None, help="How overlapping tile maps blend.")
+@click.option("--uncalibrated-tiling", is_flag=True,
+              help="Allow --tile-* settings other than the bundle's own: its thresholds were calibrated for its "
+                   "own tiling only, so without this flag other tiling is refused (exit 2).")
 @click.option("--continue-on-error/--stop-on-error", default=True, show_default=True,
               help="Keep going after an unreadable input (its record has `error`), or stop at the first.")
 @click.option("--max-errors", type=click.IntRange(min=1), default=None,
@@ -157,7 +165,7 @@ def main(**flags):
 
 def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
             save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
-            continue_on_error, max_errors, summary_json, **defect_flags) -> ExitCode:
+            uncalibrated_tiling, continue_on_error, max_errors, summary_json, **defect_flags) -> ExitCode:
     given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
     given += [name for name, value in (("--save-masks", save_masks), ("--infer-config", infer_config),
                                        ("--defects-regions-jsonl", defects_regions_jsonl)) if value]
@@ -169,12 +177,25 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
         raise UsageError(f"no images found for --input {' '.join(inputs)}")
     defaults = infer_config_defects(infer_config) if infer_config else context.defects
     defects_config = defects_from_flags(defaults, defect_flags) if defects else None
-    context = context.with_tiling(tiling_from_flags(context.steps.tiling, tile_size, tile_stride, tile_map_reduce))
+    original_tiling = context.steps.tiling
+    tiling = tiling_from_flags(original_tiling, tile_size, tile_stride, tile_map_reduce)
+    try:
+        context = context.with_tiling(tiling, calibrated_only=not uncalibrated_tiling)
+    except ContextError as exc:
+        flags = " ".join(f"{name} {value}" for name, value in (("--tile-size", tile_size), ("--tile-stride", tile_stride),
+                                                                ("--tile-map-reduce", tile_map_reduce)) if value)
+        raise UsageError(f"{flags}: {exc}; export a run trained with that tiling, or pass --uncalibrated-tiling "
+                         "to score anyway (records then say calibrated: false)") from exc
+    calibrated = tiling == original_tiling
+    if not calibrated:
+        click.echo(f"warning: {context.name} scores with tiling it was not calibrated for: its labels and regions "
+                   "are not decisions its thresholds back (records say calibrated: false)", err=True)
     # Resolved before the first image, so a strategy this context cannot serve fails before any output.
     if defects_config:
         context.pixel_threshold_for(defects_config)
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
-                           save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1)
+                           save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1,
+                           calibrated=calibrated)
     out = open(save_jsonl, "w", encoding="utf-8") if save_jsonl else sys.stdout
     regions_out = open(defects_regions_jsonl, "w", encoding="utf-8") if defects_regions_jsonl else None
 

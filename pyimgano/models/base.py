@@ -8,6 +8,7 @@ The exporter and the workbench ask `capabilities`, never a model's name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -78,6 +79,51 @@ class GraphDetector(ABC):
         scores, maps = [], []
         for batch in self._batches(images):
             batch_scores, batch_maps = graph(batch)
+            scores.append(batch_scores.cpu().numpy())
+            maps.append(batch_maps.cpu().numpy())
+        return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Model inputs' features, extracted once: cross-fitted calibration fits and scores folds on subsets."""
+
+    features: torch.Tensor  # [N, P, D] on the detector's device, P = height * width
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def take(self, rows: np.ndarray) -> "Embedded":
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.features.device)
+        return Embedded(self.features.index_select(0, index), self.height, self.width)
+
+
+class EmbeddingDetector(GraphDetector):
+    """A detector whose fitted state is computed from backbone features alone (a bank, Gaussians), so it can
+    be fitted and scored on features extracted once; its graph is the embedder followed by
+    `score_features`."""
+
+    @abstractmethod
+    def embed_inputs(self, images: np.ndarray) -> Embedded:
+        """Features of uint8 [N,H,W,3] model inputs."""
+
+    @abstractmethod
+    def fit_embedded(self, embedded: Embedded) -> "EmbeddingDetector":
+        """Fits on features; returns self."""
+
+    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "EmbeddingDetector":
+        return self.fit_embedded(self.embed_inputs(images))
+
+    @torch.no_grad()
+    def score_embedded(self, embedded: Embedded) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [N], maps [N,H,W]) of embedded inputs: what score_batch gives for the same inputs."""
+        graph = self.graph()
+        scores, maps = [], []
+        for start in range(0, len(embedded), self.params.batch_size):
+            part = embedded.features[start : start + self.params.batch_size]
+            batch_scores, batch_maps = graph.score_features(part, embedded.height, embedded.width)
             scores.append(batch_scores.cpu().numpy())
             maps.append(batch_maps.cpu().numpy())
         return np.concatenate(scores).astype(np.float32), np.concatenate(maps).astype(np.float32)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyimgano.models.base import Embedded, EmbeddingDetector
 from pyimgano.models.features import BackboneDetector, BackboneFeatures
 from pyimgano.models.maps import MapSmoother
 from pyimgano.models.padim_spec import PADIM, PadimParams
@@ -91,11 +92,15 @@ class PadimGraph(nn.Module):
         features, height, width = self.embedder(images)
         return mahalanobis(features, self.gauss_mean, self.inv_cov), height, width
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distances, height, width = self.patch_scores(images)
+    def score_features(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B], maps [B,H,W]) of embedded features [B, h*w, d]: the graph after its embedder."""
+        distances = mahalanobis(features, self.gauss_mean, self.inv_cov)
         maps = self.smooth(distances.reshape(-1, 1, height, width))
         scores = maps.reshape(maps.shape[0], -1).max(dim=1).values
         return scores, maps
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score_features(*self.embedder(images))
 
 
 @contextmanager
@@ -117,7 +122,7 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-class VisionPadim(BackboneDetector):
+class VisionPadim(BackboneDetector, EmbeddingDetector):
     """PaDiM detector. Scores: higher = more anomalous, in raw Mahalanobis-distance units."""
 
     capabilities = PADIM.capabilities
@@ -138,24 +143,27 @@ class VisionPadim(BackboneDetector):
         return self.grid_hw[0] * self.grid_hw[1]
 
     @torch.no_grad()
+    def embed_inputs(self, images: np.ndarray) -> Embedded:
+        """Features of uint8 [N,H,W,3] images, [N, P, d] float32 on the device (P = h*w)."""
+        return Embedded(torch.cat([self.embedder(batch)[0] for batch in self._batches(images)]), *self.grid_hw)
+
     def embed(self, images: np.ndarray) -> torch.Tensor:
-        """Features of uint8 [N,H,W,3] images as one [N, P, d] float32 tensor on the device (P = h*w)."""
-        return torch.cat([self.embedder(batch)[0] for batch in self._batches(images)])
+        return self.embed_inputs(images).features
 
     @torch.no_grad()
-    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPadim":
-        """Per-position mean and covariance over the images; `epochs` and `lr` are ignored (nothing trains).
+    def fit_embedded(self, embedded: Embedded) -> "VisionPadim":
+        """Per-position mean and covariance over the embedded images (nothing trains).
 
-        Sums are accumulated batch by batch in float64, so memory is [P, d, d] whatever the image count.
-        """
-        if len(images) < 1:
+        Sums are accumulated a batch of images at a time in float64, so the working memory beyond the
+        features is [P, d, d]."""
+        if len(embedded) < 1:
             raise ValueError("PaDiM needs at least one training image")
         dim = self.feature_dim
         sum_x = torch.zeros(self.positions, dim, dtype=torch.float64, device=self.device)
         sum_xx = torch.zeros(self.positions, dim, dim, dtype=torch.float64, device=self.device)
         count = 0
-        for batch in self._batches(images):
-            features = self.embedder(batch)[0].double().transpose(0, 1)  # [P, B, d]
+        for start in range(0, len(embedded), self.params.batch_size):
+            features = embedded.features[start : start + self.params.batch_size].double().transpose(0, 1)  # [P, B, d]
             sum_x += features.sum(dim=1)
             sum_xx += features.transpose(1, 2) @ features
             count += int(features.shape[1])

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyimgano.models.base import Embedded, EmbeddingDetector
 from pyimgano.models.coreset import greedy_coreset, rows_for_ratio
 from pyimgano.models.features import BackboneDetector, BackboneFeatures
 from pyimgano.models.maps import MapSmoother
@@ -190,10 +191,13 @@ class PatchCoreGraph(nn.Module):
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         """Centred patch features [B, P, D], nearest distances [B, P], nearest rows [B, P], feature grid h, w."""
         features, height, width = self.embedder(images)
+        return (*self._nearest(features), height, width)
+
+    def _nearest(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.bank.centre(features)
         batch, patches, dim = features.shape
         d2, index = self.bank.nearest(features.reshape(-1, dim))
-        return features, d2.sqrt().reshape(batch, patches), index.reshape(batch, patches), height, width
+        return features, d2.sqrt().reshape(batch, patches), index.reshape(batch, patches)
 
     def image_scores(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The paper's reweighted image score: the worst patch, damped when its neighbourhood in the bank is dense."""
@@ -212,12 +216,16 @@ class PatchCoreGraph(nn.Module):
     def anomaly_maps(self, scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return self.smooth(scores.reshape(-1, 1, height, width))
 
+    def score_features(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B], maps [B,H,W]) of embedded patch features [B, h*w, D]: the graph after its embedder."""
+        centred, scores, index = self._nearest(features)
+        return self.image_scores(centred, scores, index), self.anomaly_maps(scores, height, width)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, scores, index, height, width = self.patch_scores(images)
-        return self.image_scores(features, scores, index), self.anomaly_maps(scores, height, width)
+        return self.score_features(*self.embedder(images))
 
 
-class VisionPatchCore(BackboneDetector):
+class VisionPatchCore(BackboneDetector, EmbeddingDetector):
     """PatchCore detector. Scores: higher = more anomalous, in raw nearest-neighbour distance units."""
 
     capabilities = PATCHCORE.capabilities
@@ -234,14 +242,21 @@ class VisionPatchCore(BackboneDetector):
         self.feature_dim = params.embed_dim if projection is not None else channels
 
     @torch.no_grad()
+    def embed_inputs(self, images: np.ndarray) -> Embedded:
+        """Patch features of uint8 [N,H,W,3] images, [N, h*w, D] on the device."""
+        batches = track(self._batches(images), "features", -(-len(images) // self.params.batch_size))
+        parts, height, width = [], 0, 0
+        for batch in batches:
+            features, height, width = self.embedder(batch)
+            parts.append(features)
+        return Embedded(torch.cat(parts), height, width)
+
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """Patch features of uint8 [N,H,W,3] images, as one [N*h*w, D] tensor on the device."""
-        batches = track(self._batches(images), "features", -(-len(images) // self.params.batch_size))
-        parts = [self.embedder(batch)[0].reshape(-1, self.feature_dim) for batch in batches]
-        return torch.cat(parts)
+        return self.embed_inputs(images).features.reshape(-1, self.feature_dim)
 
-    def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "VisionPatchCore":
-        features = self.embed(images)
+    def fit_embedded(self, embedded: Embedded) -> "VisionPatchCore":
+        features = embedded.features.reshape(-1, self.feature_dim)
         keep = greedy_coreset(features, rows_for_ratio(len(features), self.params.coreset_ratio), self.params.seed)
         self.memory_bank_ = features[keep.to(features.device)].contiguous()
         self.patches_seen_ = int(features.shape[0])

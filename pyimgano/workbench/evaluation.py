@@ -8,6 +8,7 @@ import numpy as np
 
 from pyimgano import metrics
 from pyimgano.data.types import Sample
+from pyimgano.workbench.operating_point import rate_table
 
 
 def evaluate(test: list[Sample], scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray], threshold: float) -> dict:
@@ -60,3 +61,31 @@ def per_image_records(
         }
         for sample, score, anomaly_map, saved in zip(test, scores, maps, saved_maps)
     ]
+
+
+def decision_section(test: list[Sample], scores: np.ndarray, image_threshold: dict, normal_scores: np.ndarray) -> dict:
+    """What the shipped threshold decides on the test split, against what calibration predicted: the rate of
+    good parts rejected and of defects missed, the out-of-fold rate with its 95% interval, and a table of
+    threshold against out-of-fold false-reject rate."""
+    truth = np.array([sample.truth for sample in test])
+    predicted = np.asarray(scores) > image_threshold["value"]
+    good, defects = truth == 0, truth == 1
+    rejected, missed = int(np.count_nonzero(predicted & good)), int(np.count_nonzero(~predicted & defects))
+    low, high = image_threshold["false_reject_rate_ci95"]
+    good_rate = rejected / int(good.sum()) if good.any() else None
+    return {
+        "threshold": image_threshold["value"],
+        "method": image_threshold["method"],
+        "target_false_reject_rate": image_threshold["target_false_reject_rate"],
+        "predicted_false_reject_rate": image_threshold["false_reject_rate"],
+        "predicted_false_reject_rate_ci95": [low, high],
+        "test_good": int(good.sum()),
+        "test_good_rejected": rejected,
+        "test_false_reject_rate": good_rate,
+        "test_false_reject_rate_within_ci95": None if good_rate is None else bool(low <= good_rate <= high),
+        "test_defects": int(defects.sum()),
+        "test_defects_missed": missed,
+        "test_miss_rate": missed / int(defects.sum()) if defects.any() else None,
+        "warning": image_threshold.get("warning"),
+        "threshold_table": rate_table(normal_scores),
+    }

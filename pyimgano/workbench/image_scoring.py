@@ -15,14 +15,20 @@ from pyimgano.runtime.scoring import BatchScorer, MapSteps, model_inputs
 CHUNK = 64
 
 
-def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> dict:
-    """Fits on the images as the model sees them; says what training did, for the report. (The model's
-    ModelEntry.validate has refused a training switch that does not match what the model does.)"""
+def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> None:
+    """Fits on the images as the model sees them. (The model's ModelEntry.validate has refused a training
+    switch that does not match what the model does.)"""
     batch = np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images])
     if detector.capabilities.trains:
         detector.fit(batch, epochs=training.epochs, lr=training.lr)
+    else:
+        detector.fit(batch)
+
+
+def training_report(detector) -> dict:
+    """What training did, for the report."""
+    if detector.capabilities.trains:
         return {"enabled": True, "applied": True, "epochs": detector.epochs_, "lr": detector.lr_}
-    detector.fit(batch)
     return {"enabled": False, "applied": False}
 
 

@@ -13,10 +13,11 @@ from pyimgano.data.sources import list_dataset_categories, load_dataset_split
 from pyimgano.models.registry import get_model
 from pyimgano.runtime.scoring import MapSteps
 from pyimgano.workbench import artifacts, checkpoint
-from pyimgano.workbench.calibration import calibrate
+from pyimgano.workbench.calibration import calibrate, score_normal
+from pyimgano.workbench.cross_fit import cross_fit
 from pyimgano.workbench.devices import resolve_device
-from pyimgano.workbench.evaluation import evaluate, per_image_records, save_maps
-from pyimgano.workbench.image_scoring import fit_detector, predict_chunked
+from pyimgano.workbench.evaluation import decision_section, evaluate, per_image_records, save_maps
+from pyimgano.workbench.image_scoring import fit_detector, predict_chunked, training_report
 from pyimgano.workbench.run_loader import infer_config
 from pyimgano.workbench.samples import image_loader, partition, read_images, read_masks
 
@@ -26,14 +27,23 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     parts = partition(split, config)
     steps = MapSteps(input_contract(config), config.adaptation.tiling, config.adaptation.postprocess)
     detector = get_model(config.model.name).build(config.model, steps.contract, config.seed, device)
-
-    started = time.perf_counter()
-    training = fit_detector(detector, read_images(parts.fit), steps, config.training)
-    fit_seconds = time.perf_counter() - started
-
     mode = config.dataset.input_mode
-    source = f"{len(parts.holdout)} held-out train/good images of {category}"
-    calibration = calibrate(detector, steps, image_loader(parts.holdout, mode), len(parts.holdout), config, source)
+
+    # Fitting and scoring the normal images thresholds are read from: the cost of a calibrated model.
+    started = time.perf_counter()
+    cross_fitted = config.calibration.strategy == "cross_fit"
+    if cross_fitted:
+        folds = config.calibration.folds
+        oof = cross_fit(detector, read_images(parts.fit), steps, folds, config.seed, config.training)
+        normal_scores, normal_maps = oof.scores, oof.maps
+        source = f"out-of-fold scores of all {len(parts.fit)} train/good images of {category} ({folds} folds)"
+    else:
+        fit_detector(detector, read_images(parts.fit), steps, config.training)
+        normal_scores, normal_maps = score_normal(detector, steps, image_loader(parts.holdout, mode), len(parts.holdout))
+        source = f"{len(parts.holdout)} held-out train/good images of {category}"
+    fit_seconds = time.perf_counter() - started
+    calibration = calibrate(normal_scores, normal_maps, steps, config, source)
+    del normal_maps
     thresholds, steps = calibration.thresholds, calibration.steps
 
     started = time.perf_counter()
@@ -55,19 +65,29 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
         "category": category,
         "recipe": config.recipe,
         "model": {"name": config.model.name, **detector.describe()},
-        "training": training,
+        "training": training_report(detector),
         "counts": {"fit": len(parts.fit), "holdout": len(parts.holdout), "test": len(parts.test)},
         "thresholds": thresholds,
         "map_postprocess": {"config": postprocess.to_json(), "stats": stats.to_json() if stats else None}
         if postprocess else None,
         "tiling": tiling.to_json() if tiling else None,
         "metrics": results,
+        "decision": decision_section(parts.test, scores, thresholds["image"], calibration.normal_scores),
+        "calibration": {
+            "strategy": config.calibration.strategy,
+            "folds": config.calibration.folds if cross_fitted else None,
+            "target_false_reject_rate": thresholds["image"]["target_false_reject_rate"],
+            # What pyimgano-export --target-false-reject-rate re-derives a threshold from, without refitting.
+            "normal_scores": [float(v) for v in calibration.normal_scores],
+            "normal_map_max": [float(v) for v in calibration.normal_map_max],
+        },
         "timing": {
             "fit_seconds": round(fit_seconds, 3),
             "eval_seconds": round(eval_seconds, 3),
             "eval_images_per_second": round(len(parts.test) / eval_seconds, 3),
         },
-        "calibration_images": [str(sample.path) for sample in parts.holdout],
+        # The normal images the thresholds were read from (cross-fitting: every train image).
+        "calibration_images": [str(sample.path) for sample in (parts.fit if cross_fitted else parts.holdout)],
         "checkpoint": str(checkpoint_path.relative_to(run_dir)),
         "per_image_jsonl": "per_image.jsonl" if config.output.per_image_jsonl else None,
     }

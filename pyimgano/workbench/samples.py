@@ -22,15 +22,23 @@ class Partition:
 
 
 def partition(split: CategorySplit, config: WorkbenchConfig) -> Partition:
-    """Seeded shuffle of train/good into the memory-bank part and the calibration holdout."""
+    """Seeded shuffle of train/good into the part the model fits and the calibration holdout (empty when
+    cross-fitting, where every train image is both)."""
     rng = random.Random(config.seed)
     train = list(split.train)
     rng.shuffle(train)
     if config.dataset.limit_train is not None:
         train = train[: config.dataset.limit_train]
-    if len(train) < 2:
-        raise ConfigError(f"{split.category}: at least 2 train/good images are needed (one to fit, one to calibrate)")
-    holdout_count = min(len(train) - 1, max(1, math.ceil(len(train) * config.calibration.holdout_fraction)))
+    if config.calibration.strategy == "cross_fit":
+        folds = config.calibration.folds
+        if len(train) < folds:
+            raise ConfigError(f"{split.category}: calibration.folds {folds} needs at least {folds} train/good images, "
+                              f"found {len(train)}")
+        holdout_count = 0
+    else:
+        if len(train) < 2:
+            raise ConfigError(f"{split.category}: at least 2 train/good images are needed (one to fit, one to calibrate)")
+        holdout_count = min(len(train) - 1, max(1, math.ceil(len(train) * config.calibration.holdout_fraction)))
     test = list(split.test)
     if config.dataset.limit_test is not None:
         test = sorted(rng.sample(test, min(config.dataset.limit_test, len(test))), key=lambda s: str(s.path))
