@@ -22,7 +22,8 @@ import numpy as np
 from pyimgano.config import parse_config
 from pyimgano.runtime.defects import DefectsConfig, extract_regions
 from pyimgano.runtime.images import read_mask, read_rgb
-from pyimgano.workbench.operating_point import clopper_pearson, threshold_at
+from pyimgano.workbench.evaluation import predicted_rate
+from pyimgano.workbench.operating_point import threshold_at
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA = PROJECT.parent / "shared" / "data" / "defects"
@@ -39,11 +40,13 @@ CANDIDATES = (
 )
 
 
-def train(category: str, strategy: str, work: Path, folds: int) -> Path:
+def train(category: str, strategy: str, work: Path, folds: int, reuse: bool = False) -> Path:
     """`strategy` is cross_fit, cross_fit:K (K folds) or holdout."""
     from pyimgano.workbench.run import run_workbench
 
     out = work / f"{category}-{strategy.replace(':', '')}"
+    if reuse and (out / "categories" / category / "report.json").is_file():
+        return out / "categories" / category
     strategy, _, k = strategy.partition(":")
     folds = int(k) if k else folds
     config = parse_config({
@@ -111,16 +114,20 @@ def summarise(entries: list[dict]) -> dict:
 
 
 def decision_pool(decisions: list[dict]) -> dict:
+    """Pooled over a data set's categories: the measured rates, and the predicted rate and interval as the
+    mean of the categories' own (each category has its own threshold)."""
     good = sum(d["test_good"] for d in decisions)
     rejected = sum(d["test_good_rejected"] for d in decisions)
     defects = sum(d["test_defects"] for d in decisions)
     missed = sum(d["test_defects_missed"] for d in decisions)
-    normal = sum(d["normal_images"] for d in decisions)
-    normal_rejected = sum(d["normal_rejected"] for d in decisions)
-    low, high = clopper_pearson(normal_rejected, normal)
+    predicted = float(np.mean([d["predicted_false_reject_rate"] for d in decisions]))
+    low = float(np.mean([d["predicted_false_reject_rate_ci95"][0] for d in decisions]))
+    high = float(np.mean([d["predicted_false_reject_rate_ci95"][1] for d in decisions]))
+    inside = [d["test_false_reject_rate_within_ci95"] for d in decisions]
     return {"test_good": good, "rejected": rejected, "false_reject_rate": rejected / good, "defects": defects,
-            "missed": missed, "miss_rate": missed / defects, "predicted_false_reject_rate": normal_rejected / normal,
-            "predicted_ci95": [low, high], "measured_within_ci95": bool(low <= rejected / good <= high)}
+            "missed": missed, "miss_rate": missed / defects, "predicted_false_reject_rate": predicted,
+            "predicted_ci95": [low, high], "measured_within_ci95": bool(low <= rejected / good <= high),
+            "categories_measured_within_their_ci95": f"{sum(inside)} of {len(inside)}"}
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -132,6 +139,7 @@ def main() -> None:
     parser.add_argument("--categories", default=",".join(PIPED + ["magnetic_tile"]))
     parser.add_argument("--strategies", default="cross_fit", help="comma-separated: cross_fit, cross_fit:K, holdout")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="read runs already in --work instead of training again")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pyimgano-decisions"))
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "decisions.json")
     args = parser.parse_args()
@@ -139,7 +147,7 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         for category in args.categories.split(","):
             started = time.perf_counter()
-            category_dir = train(category, strategy, args.work, args.folds)
+            category_dir = train(category, strategy, args.work, args.folds, args.reuse)
             report = json.loads((category_dir / "report.json").read_text())
             decision = report["decision"]
             image = report["thresholds"]["image"]
@@ -149,7 +157,7 @@ def main() -> None:
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "image_auroc": report["metrics"]["image"].get("auroc"),
                 "decision": {**{k: v for k, v in decision.items() if k != "threshold_table"},
-                             "normal_images": image["count"], "normal_rejected": round(image["false_reject_rate"] * image["count"])},
+                             "predicted_false_reject_rate": predicted_rate(image)},
                 "masks": masks(category_dir, category_dir.parent.parent),
             }
             rows[f"{category}/{strategy}"] = row
@@ -181,7 +189,8 @@ def main() -> None:
         d = entry["decisions"]
         print(f"{key}: good rejected {d['rejected']}/{d['test_good']} ({d['false_reject_rate']:.3%}), missed "
               f"{d['missed']}/{d['defects']} ({d['miss_rate']:.3%}); predicted {d['predicted_false_reject_rate']:.3%} "
-              f"95% [{d['predicted_ci95'][0]:.3%}, {d['predicted_ci95'][1]:.3%}], measured inside: {d['measured_within_ci95']}")
+              f"95% [{d['predicted_ci95'][0]:.3%}, {d['predicted_ci95'][1]:.3%}] (categories' mean), measured inside: "
+              f"{d['measured_within_ci95']}; categories inside their own: {d['categories_measured_within_their_ci95']}")
         print(f"  {'mask method':34s} {'all defect images':>24s} {'rejected defect images':>26s} {'good w/ region':>15s}")
         print(f"  {'':34s} {'mean IoU':>10s} {'median area':>13s} {'mean IoU':>12s} {'median area':>13s}")
         for name, m in entry["masks"].items():

@@ -102,8 +102,8 @@ class Embedded:
 
 class EmbeddingDetector(GraphDetector):
     """A detector whose fitted state is computed from backbone features alone (a bank, Gaussians), so it can
-    be fitted and scored on features extracted once; its graph is the embedder followed by
-    `score_features`."""
+    be fitted and scored on features extracted once, and fitted from summaries of parts of them; its graph
+    is the embedder followed by `score_features`."""
 
     @abstractmethod
     def embed_inputs(self, images: np.ndarray) -> Embedded:
@@ -112,6 +112,17 @@ class EmbeddingDetector(GraphDetector):
     @abstractmethod
     def fit_embedded(self, embedded: Embedded) -> "EmbeddingDetector":
         """Fits on features; returns self."""
+
+    @abstractmethod
+    def summarise(self, embedded: Embedded) -> object:
+        """What fitting keeps of one part of the images' features, such that `fit_summaries` of the parts'
+        summaries fits their union: cross-fitting summarises each fold once and assembles every fold model,
+        and the shipped one, from the summaries (PaDiM: its sums, exactly; PatchCore: a coreset of the part
+        at the model's ratio, a composable coreset)."""
+
+    @abstractmethod
+    def fit_summaries(self, summaries: list) -> "EmbeddingDetector":
+        """Fits on the union of the summarised parts; returns self."""
 
     def fit(self, images: np.ndarray, epochs: int | None = None, lr: float | None = None) -> "EmbeddingDetector":
         return self.fit_embedded(self.embed_inputs(images))

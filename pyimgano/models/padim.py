@@ -150,12 +150,14 @@ class VisionPadim(BackboneDetector, EmbeddingDetector):
     def embed(self, images: np.ndarray) -> torch.Tensor:
         return self.embed_inputs(images).features
 
-    @torch.no_grad()
     def fit_embedded(self, embedded: Embedded) -> "VisionPadim":
-        """Per-position mean and covariance over the embedded images (nothing trains).
+        return self.fit_summaries([self.summarise(embedded)])
 
-        Sums are accumulated a batch of images at a time in float64, so the working memory beyond the
-        features is [P, d, d]."""
+    @torch.no_grad()
+    def summarise(self, embedded: Embedded) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-position sums of the features and of their outer products, and the image count: float64,
+        accumulated a batch of images at a time, so the working memory beyond the features is [P, d, d].
+        Sums add, so fitting from several parts' summaries is fitting on their union."""
         if len(embedded) < 1:
             raise ValueError("PaDiM needs at least one training image")
         dim = self.feature_dim
@@ -167,6 +169,15 @@ class VisionPadim(BackboneDetector, EmbeddingDetector):
             sum_x += features.sum(dim=1)
             sum_xx += features.transpose(1, 2) @ features
             count += int(features.shape[1])
+        return sum_x, sum_xx, count
+
+    @torch.no_grad()
+    def fit_summaries(self, summaries: list[tuple[torch.Tensor, torch.Tensor, int]]) -> "VisionPadim":
+        """Per-position mean and covariance (nothing trains)."""
+        sum_x, sum_xx, count = summaries[0]
+        for more_x, more_xx, more in summaries[1:]:
+            sum_x, sum_xx, count = sum_x + more_x, sum_xx + more_xx, count + more
+        dim = self.feature_dim
         mean = sum_x / count
         cov = (sum_xx - count * mean.unsqueeze(2) * mean.unsqueeze(1)) / max(count - 1, 1)
         cov += COVARIANCE_EPS * torch.eye(dim, dtype=torch.float64, device=self.device)

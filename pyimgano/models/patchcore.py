@@ -256,10 +256,20 @@ class VisionPatchCore(BackboneDetector, EmbeddingDetector):
         return self.embed_inputs(images).features.reshape(-1, self.feature_dim)
 
     def fit_embedded(self, embedded: Embedded) -> "VisionPatchCore":
+        return self.fit_summaries([self.summarise(embedded)])
+
+    def summarise(self, embedded: Embedded) -> tuple[torch.Tensor, int]:
+        """(a greedy coreset of the part's patch rows at the model's ratio, the part's patch count). Several
+        parts' coresets together are a composable coreset of their union: each part's rows covered as the
+        part's own coreset covers them, at the same ratio (the union's covering radius is at most the
+        largest part's), for a k-th of the selection cost on k parts."""
         features = embedded.features.reshape(-1, self.feature_dim)
         keep = greedy_coreset(features, rows_for_ratio(len(features), self.params.coreset_ratio), self.params.seed)
-        self.memory_bank_ = features[keep.to(features.device)].contiguous()
-        self.patches_seen_ = int(features.shape[0])
+        return features[keep.to(features.device)], int(features.shape[0])
+
+    def fit_summaries(self, summaries: list[tuple[torch.Tensor, int]]) -> "VisionPatchCore":
+        self.memory_bank_ = torch.cat([rows for rows, _ in summaries]).contiguous()
+        self.patches_seen_ = sum(count for _, count in summaries)
         return self
 
     def graph(self, precision: str = "fp32") -> PatchCoreGraph:

@@ -2,9 +2,14 @@
 without it, and the shipped model is fitted on all of them. No image is spent only on calibration, and
 the scores the thresholds are read from are what a new good part scores.
 
-Models that score from extracted features (EmbeddingDetector: PatchCore, PaDiM) embed every image once;
-each fold's model is fitted on the other folds' features and scores its own fold's features. Other
-models (the autoencoder) are fitted once per fold on the other folds' images.
+Models that score from extracted features (EmbeddingDetector: PatchCore, PaDiM) embed every image once
+and summarise each fold's features once (PaDiM: its sums; PatchCore: a coreset of the fold's patches at
+the model's ratio); each fold's model is assembled from the other folds' summaries and scores its own
+fold's features, and the shipped model from all of them. For PatchCore that makes the shipped bank a
+composable coreset (the union of the folds' coresets) rather than one greedy pass over all patches: the
+same number of rows, each fold's patches covered as its own coreset covers them, for a k-th of the
+selection cost (one pass over all patches costs the square of their count). Other models (the
+autoencoder) are fitted once per fold on the other folds' images.
 """
 
 from __future__ import annotations
@@ -55,20 +60,21 @@ def cross_fit(
     input_scores = np.empty(len(flat), dtype=np.float32)
     input_maps = np.empty((len(flat), *flat.shape[1:3]), dtype=np.float32)
     embedded = detector.embed_inputs(flat) if isinstance(detector, EmbeddingDetector) else None
+    summaries = ([detector.summarise(embedded.take(np.flatnonzero(input_fold == fold))) for fold in range(folds)]
+                 if embedded is not None else None)
     for fold in track(range(folds), "cross-fit folds", folds):
         held = np.flatnonzero(input_fold == fold)
-        kept = np.flatnonzero(input_fold != fold)
         # A shallow copy shares the (frozen) backbone; fitting sets the copy's own fitted state.
         model = copy.copy(detector)
         if embedded is not None:
-            model.fit_embedded(embedded.take(kept))
+            model.fit_summaries([summary for other, summary in enumerate(summaries) if other != fold])
             scores, maps = model.score_embedded(embedded.take(held))
         else:
-            _fit(model, flat[kept], training)
+            _fit(model, flat[input_fold != fold], training)
             scores, maps = model.score_batch(flat[held])
         input_scores[held], input_maps[held] = scores, maps
     if embedded is not None:
-        detector.fit_embedded(embedded)
+        detector.fit_summaries(summaries)
     else:
         _fit(detector, flat, training)
     scores, maps = [], []

@@ -63,6 +63,16 @@ def per_image_records(
     ]
 
 
+def predicted_rate(image_threshold: dict) -> float:
+    """The share of good parts the threshold is expected to reject: the target where it was extrapolated (the
+    normal scores all lie below it, so their own share says nothing finer than its interval), else the
+    share of the normal scores above it. Its 95% interval is the exact (Clopper-Pearson) one of that share,
+    which is also the distribution-free interval of a threshold placed among n normal scores."""
+    if image_threshold["method"] == "normal_score_quantile":
+        return image_threshold["false_reject_rate"]
+    return image_threshold["target_false_reject_rate"]
+
+
 def decision_section(test: list[Sample], scores: np.ndarray, image_threshold: dict, normal_scores: np.ndarray) -> dict:
     """What the shipped threshold decides on the test split, against what calibration predicted: the rate of
     good parts rejected and of defects missed, the out-of-fold rate with its 95% interval, and a table of
@@ -77,7 +87,7 @@ def decision_section(test: list[Sample], scores: np.ndarray, image_threshold: di
         "threshold": image_threshold["value"],
         "method": image_threshold["method"],
         "target_false_reject_rate": image_threshold["target_false_reject_rate"],
-        "predicted_false_reject_rate": image_threshold["false_reject_rate"],
+        "predicted_false_reject_rate": predicted_rate(image_threshold),
         "predicted_false_reject_rate_ci95": [low, high],
         "test_good": int(good.sum()),
         "test_good_rejected": rejected,
