@@ -6,6 +6,7 @@ A file that cannot be read gets an error record and no score; the others are sti
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pyimgano.runtime.context import ScoringContext
 from pyimgano.runtime.decision import decide
 from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.images import ImageReadError, read_rgb
+from pyimgano.runtime.outputs import OutputError
 from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.scoring import BatchScorer
 
@@ -32,6 +34,8 @@ class InferOptions:
     max_errors: int | None = None
     # False when scoring with settings the thresholds were not calibrated for: each record says so.
     calibrated: bool = True
+    # Asked between chunks; true stops reading new inputs (a signal: what was scored is still written).
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Summary:
     located: int | None = None
     seconds: float = 0.0
     stopped_early: bool = False
+    # The signal that stopped the run ("SIGINT", "SIGTERM"), if one did.
+    interrupted: str | None = None
     stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "preprocess": 0.0, "graph": 0.0, "defects": 0.0})
 
     def to_json(self) -> dict:
@@ -53,6 +59,7 @@ class Summary:
             "anomalous": self.anomalous,
             **({"anomalous_located": self.located} if self.located is not None else {}),
             "stopped_early": self.stopped_early,
+            **({"interrupted": self.interrupted} if self.interrupted else {}),
             "seconds": round(self.seconds, 4),
             "images_per_second": round(scored / self.seconds, 3) if self.seconds > 0 else None,
             "stage_ms_per_image": {
@@ -117,10 +124,15 @@ class MaskWriter:
         self.folder = folder
         self.mask_format = mask_format
         self.suffix = suffix
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
         self.used: set[str] = set()
 
     def write(self, source: Path, mask: np.ndarray) -> Path:
+        """The file written; OutputError naming it when it cannot be written (a record never points at a
+        missing or empty file)."""
         name = f"{source.stem}_{self.suffix}.{self.mask_format}"
         counter = 1
         while name in self.used:
@@ -128,10 +140,16 @@ class MaskWriter:
             counter += 1
         self.used.add(name)
         path = self.folder / name
-        if self.mask_format == "npy":
-            np.save(path, mask > 0)
-        elif not cv2.imwrite(str(path), mask):
-            raise OSError(f"could not write mask {path}")
+        try:
+            if self.mask_format == "npy":
+                np.save(path, mask > 0)
+            else:
+                ok, encoded = cv2.imencode(".png", mask)
+                if not ok:
+                    raise OSError("PNG encoding failed")
+                path.write_bytes(encoded.tobytes())
+        except OSError as exc:
+            raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
         return path
 
 
@@ -158,7 +176,7 @@ def run_inference(
     pixel_threshold = context.pixel_threshold_for(defects) if defects else context.pixel_threshold
     masks = MaskWriter(options.save_masks, defects.mask_format) if defects and options.save_masks else None
     overlays = MaskWriter(options.save_overlays, "png", suffix="overlay") if options.save_overlays else None
-    summary = Summary(images=len(paths), located=0 if defects else None)
+    summary = Summary(located=0 if defects else None)
     started = time.perf_counter()
     progress = Progress("inference", len(paths))
     for chunk in _chunks(paths, options.batch_size):
@@ -183,10 +201,15 @@ def run_inference(
             scores, maps = context.steps.score(scorer, images, options.batch_size, summary.stage_seconds)
             for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
                 height, width = image.shape[:2]
+                record = records[slot]
+                if not (math.isfinite(float(score)) and np.isfinite(anomaly_map).all()):
+                    # NaN compares false with the threshold: it would pass as a good part.
+                    record["error"] = "the model produced a non-finite score or map for this image; no decision"
+                    summary.errors += 1
+                    continue
                 t0 = time.perf_counter()
                 decision = decide(float(score), anomaly_map, (height, width), image_threshold, defects, pixel_threshold)
                 summary.anomalous += decision.label
-                record = records[slot]
                 record.update(
                     score=decision.score,
                     label=decision.label,
@@ -210,8 +233,12 @@ def run_inference(
                 summary.stage_seconds["defects"] += time.perf_counter() - t0
         for record in records:
             emit(record)
+        summary.images += len(records)
         progress.update(len(records))
         if summary.stopped_early:
+            break
+        if options.stop_requested():
+            summary.stopped_early = True
             break
     summary.seconds = time.perf_counter() - started
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,11 @@ class Threshold:
     tail: TailFit | None = None
     warning: str | None = None
 
+    def __post_init__(self) -> None:
+        # NaN compares false with every score (every part passes); infinity passes or rejects all of them.
+        if not math.isfinite(self.value):
+            raise ValueError(f"value must be a finite number, got {self.value}")
+
 
 @dataclass(frozen=True)
 class NormalPixelQuantiles:
@@ -87,6 +93,8 @@ class NormalPixelQuantiles:
         if len(self.q) != len(self.values) or not self.q:
             raise ValueError(f"normal_pixel_quantiles: q and values must be equal, non-empty lists "
                              f"(got {len(self.q)} and {len(self.values)})")
+        if not all(math.isfinite(v) for v in (*self.q, *self.values)):
+            raise ValueError("normal_pixel_quantiles: q and values must be finite numbers")
 
     def to_json(self) -> dict:
         return {"q": list(self.q), "values": list(self.values)}

@@ -33,6 +33,8 @@ ERRORS: tuple[tuple[str, str, ExitCode, str], ...] = (
     ("pyimgano.runtime.engine", "EngineError", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.context", "ContextError", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.bundle", "BundleError", ExitCode.BUNDLE_REFUSED, "bundle refused"),
+    ("pyimgano.runtime.outputs", "OutputExists", ExitCode.USAGE, "error"),
+    ("pyimgano.runtime.outputs", "OutputError", ExitCode.OUTPUT_ERROR, "error"),
     ("pyimgano.export.bundle_writer", "ParityError", ExitCode.PARITY_REFUSED, "export refused"),
     ("pyimgano.export.bundle_writer", "ExportError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.data.types", "DatasetError", ExitCode.DATA_ERROR, "error"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import signal
 from pathlib import Path
 
 import click
@@ -18,6 +18,7 @@ from pyimgano.runtime.engine import DEVICES, Engine
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
+from pyimgano.runtime.outputs import OutputError, RecordFile, check_file, check_folder, complete_records
 from pyimgano.runtime.tiling import MAP_REDUCE, TilingConfig
 
 
@@ -158,6 +159,11 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
               help="Stop reading new inputs after this many have failed.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the closing summary (images, errors, anomalous, images/s) to this file.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files and write into non-empty mask/overlay folders (refused without it).")
+@click.option("--resume", is_flag=True,
+              help="Continue a run cut short: keep the complete records of --save-jsonl and score only the inputs "
+                   "that have none.")
 def main(**flags):
     """Score images with a pyimgano bundle (or a workbench run); one JSONL record per image."""
     run_program(lambda: program(**flags))
@@ -165,12 +171,14 @@ def main(**flags):
 
 def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
             save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
-            uncalibrated_tiling, continue_on_error, max_errors, summary_json, **defect_flags) -> ExitCode:
+            uncalibrated_tiling, continue_on_error, max_errors, summary_json, overwrite, resume,
+            **defect_flags) -> ExitCode:
     given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
     given += [name for name, value in (("--save-masks", save_masks), ("--infer-config", infer_config),
                                        ("--defects-regions-jsonl", defects_regions_jsonl)) if value]
     if given and not defects:
         raise UsageError(f"{', '.join(given)} need --defects")
+    check_outputs(save_jsonl, defects_regions_jsonl, summary_json, save_masks, save_overlays, overwrite, resume)
     scorer, context = open_source(bundle_path, run_dir, run_category, device, threads)
     paths = [path for spec in inputs for path in expand_inputs(spec)]
     if not paths:
@@ -193,30 +201,111 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
     # Resolved before the first image, so a strategy this context cannot serve fails before any output.
     if defects_config:
         context.pixel_threshold_for(defects_config)
+    records_file, regions_file, kept = open_outputs(save_jsonl, defects_regions_jsonl, summary_json, save_masks,
+                                                    save_overlays, overwrite, resume)
+    done = {record["input"] for record in kept}
+    remaining = [path for path in paths if str(path) not in done]
+    if resume:
+        click.echo(f"resuming: {len(done)} inputs already have records in {save_jsonl}, {len(remaining)} to go", err=True)
+    stop = StopOnSignal()
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
                            save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1,
-                           calibrated=calibrated)
-    out = open(save_jsonl, "w", encoding="utf-8") if save_jsonl else sys.stdout
-    regions_out = open(defects_regions_jsonl, "w", encoding="utf-8") if defects_regions_jsonl else None
+                           calibrated=calibrated, stop_requested=stop.requested)
 
     def emit(record: dict) -> None:
-        out.write(json.dumps(record) + "\n")
-        if regions_out and "defects" in record:
+        if regions_file and "defects" in record:
             for region in record["defects"]["regions"]:
-                regions_out.write(json.dumps({"input": record["input"], **region}) + "\n")
+                regions_file.write({"input": record["input"], **region})
+        # The record last: a resumed run rescores an input whose record is missing.
+        if records_file:
+            records_file.write(record)
+        else:
+            click.echo(json.dumps(record, allow_nan=False))
 
     try:
-        summary = run_inference(scorer, context, paths, options, emit)
+        with stop:
+            summary = run_inference(scorer, context, remaining, options, emit)
     finally:
-        if save_jsonl:
-            out.close()
-        if regions_out:
-            regions_out.close()
+        for handle in (records_file, regions_file):
+            if handle:
+                handle.close()
+    summary.interrupted = stop.signal_name
     report = {"source": context.name, "device": str(scorer.device), **summary.to_json()}
+    if resume:
+        report["resumed_after"] = len(done)
     click.echo(json.dumps(report), err=True)
     if summary_json:
-        summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        try:
+            summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"--summary-json {summary_json}: write failed ({exc.strerror or exc})") from exc
+    if stop.signal_name:
+        return ExitCode.INTERRUPTED if stop.signal_name == "SIGINT" else ExitCode.TERMINATED
     return ExitCode.INPUT_ERRORS if summary.errors else ExitCode.OK
+
+
+def check_outputs(save_jsonl, regions_jsonl, summary_json, save_masks, save_overlays, overwrite, resume) -> None:
+    """Every output location, before any work and before any output is touched."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if resume and not save_jsonl:
+        raise UsageError("--resume needs --save-jsonl (the records to continue after)")
+    for flag, path in (("--save-jsonl", save_jsonl), ("--defects-regions-jsonl", regions_jsonl),
+                       ("--summary-json", summary_json)):
+        if path:
+            check_file(flag, path, overwrite, resume)
+    for flag, path in (("--save-masks", save_masks), ("--save-overlays", save_overlays)):
+        if path:
+            check_folder(flag, path, overwrite, resume)
+
+
+def open_outputs(save_jsonl, regions_jsonl, summary_json, save_masks, save_overlays, overwrite, resume):
+    """Checks the output locations again (they may have changed while the bundle opened), then opens and
+    locks the record files: (records file or None for stdout, regions file or None, the records a resume
+    keeps)."""
+    check_outputs(save_jsonl, regions_jsonl, summary_json, save_masks, save_overlays, overwrite, resume)
+    records_file = RecordFile("--save-jsonl", save_jsonl) if save_jsonl else None
+    regions_file = RecordFile("--defects-regions-jsonl", regions_jsonl) if regions_jsonl else None
+    kept = records_file.open(resume) if records_file else []
+    if regions_file:
+        try:
+            regions_file.open(resume)
+        except OutputError:
+            records_file.close()
+            raise
+        if resume:
+            # Regions of inputs whose record was not written are written again with it.
+            done = {record["input"] for record in kept}
+            regions, _ = complete_records(regions_jsonl)
+            regions_file.handle.truncate(0)
+            for region in regions:
+                if region["input"] in done:
+                    regions_file.write(region)
+    return records_file, regions_file, kept
+
+
+class StopOnSignal:
+    """SIGINT and SIGTERM ask the run to stop after the chunk in hand: its records and the summary are still
+    written, and the exit code says which signal (130, 143)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopOnSignal":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
