@@ -144,11 +144,21 @@ def _check_range(value: float, low: float, high: float, path: str, low_open: boo
         raise ConfigError(f"{path}: {value} is outside {bracket}{low}, {high}]")
 
 
+def _check_plain_name(value: str, path: str) -> None:
+    """A single file or folder name: no separator, not empty, not `.` or `..`."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+        raise ConfigError(f"{path}: {value!r} must be a plain name (no path separators, not '.' or '..'); "
+                          "it names a file or folder inside the run directory")
+
+
 def validate(config: WorkbenchConfig) -> WorkbenchConfig:
     """Checks values the types cannot express (choices and ranges)."""
     for path, choices in CHOICES.items():
         section, key = path.split(".")
         _check_choice(getattr(getattr(config, section), key), choices, path)
+    # Both name a file or folder inside the run directory: a path there would write outside it.
+    _check_plain_name(config.dataset.category, "dataset.category")
+    _check_plain_name(config.training.checkpoint_name, "training.checkpoint_name")
     if min(config.dataset.resize) < 32:
         raise ConfigError(f"dataset.resize: {list(config.dataset.resize)} is smaller than 32 pixels")
     if config.model.coreset_ratio is not None:

@@ -72,13 +72,53 @@ def verify_files(root: Path, files: dict[str, FileEntry]) -> None:
             raise BundleError(f"{name}: sha256 {digest[:16]}... does not match the manifest ({entry.sha256[:16]}...)")
 
 
+# Bounds on an archive, checked from its directory before anything is extracted. A bundle is a manifest, a
+# graph and a config: wide_resnet50_2 with a 16k-row fp32 bank is about 300 MB, and deflate shrinks float
+# weights by a few percent, so these leave room; a zip bomb (6 MB holding 4 GB) is far outside them.
+ARCHIVE_MAX_MEMBERS = 64
+ARCHIVE_MAX_BYTES = 4 * 2**30
+# Uncompressed / compressed, for members above a mebibyte (small text files compress well and harmlessly).
+ARCHIVE_MAX_RATIO = 50
+SCRATCH_PREFIX = "pyimgano-bundle-"
+
+
+def _check_archive(archive: Path, handle: zipfile.ZipFile) -> None:
+    members = handle.infolist()
+    if len(members) > ARCHIVE_MAX_MEMBERS:
+        raise BundleError(f"{archive.name}: {len(members)} archive members, more than a bundle has ({ARCHIVE_MAX_MEMBERS})")
+    total = 0
+    for member in members:
+        if Path(member.filename).is_absolute() or ".." in Path(member.filename).parts:
+            raise BundleError(f"{archive.name}: archive member {member.filename!r} escapes the bundle")
+        total += member.file_size
+        if member.file_size > 2**20 and member.file_size > ARCHIVE_MAX_RATIO * max(member.compress_size, 1):
+            raise BundleError(f"{archive.name}: member {member.filename!r} expands {member.compress_size:,} bytes to "
+                              f"{member.file_size:,} (over {ARCHIVE_MAX_RATIO}x): refused as a zip bomb, not extracted")
+    if total > ARCHIVE_MAX_BYTES:
+        raise BundleError(f"{archive.name}: expands to {total:,} bytes, over the limit of {ARCHIVE_MAX_BYTES:,}; "
+                          "not extracted")
+
+
+def _remove_orphaned_scratch() -> None:
+    """Removes extraction folders whose process is gone (a run killed by SIGKILL cannot clean up after itself)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
 def _extract_archive(archive: Path) -> tempfile.TemporaryDirectory:
-    scratch = tempfile.TemporaryDirectory(prefix="pyimgano-bundle-")
+    _remove_orphaned_scratch()
+    scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
     try:
         with zipfile.ZipFile(archive) as handle:
-            for member in handle.namelist():
-                if Path(member).is_absolute() or ".." in Path(member).parts:
-                    raise BundleError(f"{archive.name}: archive member {member!r} escapes the bundle")
+            _check_archive(archive, handle)
             handle.extractall(scratch.name)
     except zipfile.BadZipFile as exc:
         scratch.cleanup()

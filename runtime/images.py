@@ -57,20 +57,73 @@ class InputContract:
         return cls(**fields)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Reads any 8- or 16-bit grayscale, RGB or RGBA image as uint8 HxWx3 RGB.
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds checked before an image is decoded, so that one hostile or broken file cannot take a run's
+    memory: its size on disk, and its pixel count as its header states (PNG, JPEG, BMP; other formats are
+    checked as decoded, under OpenCV's own bound of 2^30 pixels)."""
+
+    max_bytes: int = 256 * 2**20
+    # 100 megapixels: a 10k x 10k image, 300 MB decoded; line cameras of 2K-8K sides stay well inside.
+    max_pixels: int = 100_000_000
+
+    def check_pixels(self, height: int, width: int) -> None:
+        if height * width > self.max_pixels:
+            raise ImageReadError(f"{width}x{height} pixels exceeds the limit of {self.max_pixels:,} "
+                                 "(--max-image-pixels)")
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """(height, width) as a PNG, BMP or JPEG header states it; None for other formats or a header cut short."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head[:2] == b"BM" and len(head) >= 26:
+        return abs(int.from_bytes(head[22:26], "little", signed=True)), int.from_bytes(head[18:22], "little", signed=True)
+    if head[:2] == b"\xff\xd8":
+        offset = 2
+        while offset + 9 <= len(head):
+            if head[offset] != 0xFF:
+                return None
+            marker = head[offset + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                offset += 2
+                continue
+            length = int.from_bytes(head[offset + 2 : offset + 4], "big")
+            # Start-of-frame markers (baseline, progressive, ...), not DHT (C4), JPG (C8) or DAC (CC).
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(head[offset + 5 : offset + 7], "big"), int.from_bytes(head[offset + 7 : offset + 9], "big")
+            offset += 2 + length
+    return None
+
+
+def read_rgb(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Reads any 8- or 16-bit grayscale, RGB or RGBA image as uint8 HxWx3 RGB, within `limits`.
 
     Grayscale is replicated to three channels because the backbones are ImageNet RGB networks.
     """
     try:
+        size = os.stat(path).st_size
+        if size > limits.max_bytes:
+            raise ImageReadError(f"file of {size:,} bytes exceeds the limit of {limits.max_bytes:,} (--max-image-bytes)")
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
     except OSError as exc:  # missing file, a directory, no permission
         raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from exc
     if data.size == 0:
         raise ImageReadError("file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # The header is in the data already; the JPEG frame header can follow a large EXIF block.
+    stated = header_size(data[: 2**20].tobytes())
+    if stated is not None:
+        limits.check_pixels(*stated)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. OpenCV's own pixel bound
+        raise ImageReadError(f"not decodable: {str(exc).strip().splitlines()[-1]}") from exc
     if image is None:
         raise ImageReadError("not a decodable image (OpenCV could not decode it)")
+    limits.check_pixels(*image.shape[:2])
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:

@@ -18,10 +18,11 @@ import numpy as np
 from pyimgano.runtime.context import ScoringContext
 from pyimgano.runtime.decision import decide
 from pyimgano.runtime.defects import DefectsConfig
-from pyimgano.runtime.images import ImageReadError, read_rgb
+from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_rgb
 from pyimgano.runtime.outputs import OutputError
 from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.scoring import BatchScorer
+from pyimgano.runtime.tiling import MAX_TILES_PER_IMAGE, tile_count
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class InferOptions:
     max_errors: int | None = None
     # False when scoring with settings the thresholds were not calibrated for: each record says so.
     calibrated: bool = True
+    # Bounds on each input checked before it is decoded; an input beyond them is an error record.
+    limits: ImageLimits = DEFAULT_LIMITS
     # Asked between chunks; true stops reading new inputs (a signal: what was scored is still written).
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -188,12 +191,19 @@ def run_inference(
                 break
             t0 = time.perf_counter()
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, options.limits)
             except ImageReadError as exc:
                 records.append({"input": str(path), "error": str(exc)})
                 summary.errors += 1
                 continue
             summary.stage_seconds["decode"] += time.perf_counter() - t0
+            tiling = context.steps.tiling
+            if tiling is not None and tile_count(image.shape[:2], tiling) > MAX_TILES_PER_IMAGE:
+                records.append({"input": str(path), "error": f"tiling {tiling.tile_size}/{tiling.stride} cuts this "
+                                f"{image.shape[1]}x{image.shape[0]} image into {tile_count(image.shape[:2], tiling):,} "
+                                f"tiles, more than {MAX_TILES_PER_IMAGE:,}"})
+                summary.errors += 1
+                continue
             images.append(image)
             slots.append(len(records))
             records.append({"input": str(path)})

@@ -7,6 +7,7 @@ traceback reaches a user for an error this table knows; anything else is a bug a
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -64,8 +65,15 @@ def report(exc: Exception, about: str = "") -> ExitCode:
     return code
 
 
+def _terminate(signum, frame) -> None:
+    raise SystemExit(int(ExitCode.TERMINATED))
+
+
 def run_program(program: Callable[[], ExitCode]) -> None:
     """Runs `program` and exits with its code, or with the code of the known error it raised."""
+    # SIGTERM before a command installs its own handling unwinds like Ctrl-C, so temporary folders (an
+    # extracted bundle) are removed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = program()
     except click.ClickException:

@@ -16,7 +16,7 @@ from pyimgano.runtime.context import ContextError
 from pyimgano.runtime.defects import MASK_FORMATS, REGION_SORT_KEYS, THRESHOLD_STRATEGIES, DefectsConfig
 from pyimgano.runtime.engine import DEVICES, Engine
 from pyimgano.runtime.exit_codes import ExitCode
-from pyimgano.runtime.images import expand_inputs
+from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits, expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
 from pyimgano.runtime.outputs import OutputError, RecordFile, check_file, check_folder, complete_records
 from pyimgano.runtime.tiling import MAP_REDUCE, TilingConfig
@@ -159,6 +159,10 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
               help="Stop reading new inputs after this many have failed.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the closing summary (images, errors, anomalous, images/s) to this file.")
+@click.option("--max-image-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_bytes, show_default=True,
+              help="An input file larger than this is an error record, not read.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_pixels, show_default=True,
+              help="An input whose header states more pixels than this is an error record, not decoded.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing output files and write into non-empty mask/overlay folders (refused without it).")
 @click.option("--resume", is_flag=True,
@@ -171,8 +175,8 @@ def main(**flags):
 
 def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
             save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
-            uncalibrated_tiling, continue_on_error, max_errors, summary_json, overwrite, resume,
-            **defect_flags) -> ExitCode:
+            uncalibrated_tiling, continue_on_error, max_errors, summary_json, max_image_bytes, max_image_pixels,
+            overwrite, resume, **defect_flags) -> ExitCode:
     given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
     given += [name for name, value in (("--save-masks", save_masks), ("--infer-config", infer_config),
                                        ("--defects-regions-jsonl", defects_regions_jsonl)) if value]
@@ -210,7 +214,8 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
     stop = StopOnSignal()
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
                            save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1,
-                           calibrated=calibrated, stop_requested=stop.requested)
+                           calibrated=calibrated, stop_requested=stop.requested,
+                           limits=ImageLimits(max_bytes=max_image_bytes, max_pixels=max_image_pixels))
 
     def emit(record: dict) -> None:
         if regions_file and "defects" in record:

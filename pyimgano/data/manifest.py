@@ -98,6 +98,9 @@ def _parse_row(row: object, manifest: Path, line: int) -> Row:
     _check_keys(row, manifest, line)
     image_path = _text(row, "image_path", manifest, line, required=True)
     category = _text(row, "category", manifest, line, required=True)
+    if category in (".", "..") or "/" in category or "\\" in category:
+        # It names the run's categories/<category>/ folder: a path would write outside the run.
+        raise DatasetError(f"{_where(manifest, line)}: category {category!r} must be a plain name, not a path")
     split = _text(row, "split", manifest, line, required=False)
     if split not in (None, TRAIN, TEST):
         raise DatasetError(f"{_where(manifest, line)}: split must be \"train\" or \"test\", got {split!r}")
