@@ -47,3 +47,26 @@ def edge_fixture(tmp_path_factory) -> dict:
         "archive": bundle_dir.with_name(bundle_dir.name + ".zip"),
         "category_dir": category_dir,
     }
+
+
+def start_long_infer(bundle: Path, edge_fixture: dict, tmp_path: Path, images: int, env: dict | None = None):
+    """A pyimgano-infer process over `images` copies of one good image, returned once its first record is on
+    disk (its signal handling is installed by then): (process, the records file)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = sorted((edge_fixture["category_dir"] / "test" / "good").glob("*.png"))[0]
+    for index in range(images):
+        shutil.copy(source, folder / f"{index:04d}.png")
+    out = tmp_path / "records.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "pyimgano.cli.infer", "--bundle", str(bundle), "--input",
+                                str(folder), "--save-jsonl", str(out), "--batch-size", "4"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while (not out.exists() or not out.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process, out

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import start_long_infer
 from pyimgano.runtime.bundle import MANIFEST_NAME, sha256_file
 from pyimgano.runtime.exit_codes import ExitCode
 
@@ -151,24 +152,13 @@ def test_a_zip_bomb_is_refused_before_extraction(edge_fixture, tmp_path):
 def test_extraction_folders_are_removed_after_sigterm_and_after_a_killed_run(edge_fixture, tmp_path):
     """The probe's case: SIGKILL or SIGTERM of a .zip run left pyimgano-bundle-* folders behind."""
     import signal
-    import time
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     orphan = scratch / "pyimgano-bundle-999999999-left"  # a killed run's: no such process
     (orphan / "x").mkdir(parents=True)
-    folder = tmp_path / "many"
-    folder.mkdir()
-    source = sorted((edge_fixture["category_dir"] / "test" / "good").glob("*.png"))[0]
-    for index in range(300):
-        shutil.copy(source, folder / f"{index:04d}.png")
-    out = tmp_path / "records.jsonl"
-    process = subprocess.Popen([*INFER, "--bundle", str(edge_fixture["archive"]), "--input", str(folder),
-                                "--save-jsonl", str(out), "--batch-size", "4"], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(scratch)})
-    deadline = time.monotonic() + 120
-    while (not out.exists() or not out.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process, _ = start_long_infer(edge_fixture["archive"], edge_fixture, tmp_path, images=300,
+                                  env={**os.environ, "TMPDIR": str(scratch)})
     assert not orphan.exists()  # removed when the archive was opened
     assert [p.name.split("-")[2] for p in scratch.glob("pyimgano-bundle-*")] == [str(process.pid)]
     process.send_signal(signal.SIGTERM)

@@ -11,11 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import start_long_infer
 from pyimgano.runtime.exit_codes import ExitCode
 
 pytestmark = pytest.mark.edge
@@ -90,17 +90,7 @@ def test_resume_continues_after_the_last_complete_record(edge_fixture, tmp_path)
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, ExitCode.TERMINATED), (signal.SIGINT, ExitCode.INTERRUPTED)])
 def test_a_signal_stops_after_the_chunk_and_keeps_every_record(edge_fixture, tmp_path, signum, code):
     """The probe's case: SIGINT printed "Aborted!" with rc 1, SIGTERM lost buffered records."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    source = sorted((edge_fixture["category_dir"] / "test" / "good").glob("*.png"))[0]
-    for index in range(400):
-        shutil.copy(source, folder / f"{index:04d}.png")
-    out = tmp_path / "records.jsonl"
-    process = subprocess.Popen([*INFER, "--bundle", str(edge_fixture["bundle_dir"]), "--input", str(folder),
-                                "--save-jsonl", str(out), "--batch-size", "4"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while (not out.exists() or not out.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process, out = start_long_infer(edge_fixture["bundle_dir"], edge_fixture, tmp_path, images=400)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
