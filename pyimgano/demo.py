@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     archive = bundles / f"patchcore-mobilenet_v2-{category}-1.zip"
     summary_path = out / "infer_summary.json"
     # pyimgano-infer exits 1 when some input failed; the demo's inputs are all images, so any failure is real.
+    # --overwrite: the demo's folder is its own, and a second `make demo` replaces the first one's outputs.
     _run(
         [
             _script("pyimgano-infer"), "--bundle", str(archive), "--input", str(root / category / "test"),
             "--save-jsonl", str(out / "infer.jsonl"), "--defects", "--save-masks", str(out / "masks"),
-            "--summary-json", str(summary_path), "--device", args.device,
+            "--summary-json", str(summary_path), "--device", args.device, "--overwrite",
         ],
         args.quiet,
     )
