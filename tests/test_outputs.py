@@ -123,3 +123,19 @@ def test_max_errors_counts_only_what_was_read(edge_fixture, tmp_path):
     summary = summary_of(result)
     assert summary["images"] == len(lines(out)) == 3 and summary["errors"] == 3 and summary["stopped_early"]
     assert os.path.getsize(out) > 0
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_mask_and_overlay(edge_fixture, tmp_path):
+    """The probe's case: a file name with a non-UTF-8 byte segfaulted the process (rc 139) when masks or
+    overlays were saved. They are now encoded in memory and written by Python, which keeps the name's bytes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = sorted((edge_fixture["category_dir"] / "test" / "spot").glob("*.png"))[0]
+    shutil.copy(source, os.fsencode(folder) + b"/bad\xffname.png")
+    out = tmp_path / "records.jsonl"
+    result = infer(edge_fixture, "--defects", "--save-masks", tmp_path / "m", "--save-overlays", tmp_path / "o",
+                   "--save-jsonl", out, inputs=folder)
+    assert result.returncode == ExitCode.OK, result.stderr
+    [record] = lines(out)
+    assert os.fsencode(record["defects"]["mask_path"]).endswith(b"bad\xffname_mask.png")
+    assert os.path.getsize(record["defects"]["mask_path"]) > 0 and os.path.getsize(record["overlay_path"]) > 0
