@@ -81,10 +81,8 @@ def recalibrate(scorer: BatchScorer, config: WorkbenchConfig, report: dict, how:
     calibration = calibrate(scores, maps, steps, config, source)
     post = report["map_postprocess"]
     stats = calibration.steps.normalization.to_json() if calibration.steps.normalization else None
-    normal = {"normal_scores": [float(v) for v in calibration.normal_scores],
-              "normal_map_max": [float(v) for v in calibration.normal_map_max]}
     return {**report, "thresholds": calibration.thresholds, "map_postprocess": {**post, "stats": stats} if post else None,
-            "calibration": {**report["calibration"], **normal}}
+            "calibration": {**report["calibration"], **calibration.stored()}}
 
 
 def at_operating_point(report: dict, rate: float) -> dict:

@@ -198,10 +198,11 @@ def run_inference(
                 continue
             summary.stage_seconds["decode"] += time.perf_counter() - t0
             tiling = context.steps.tiling
-            if tiling is not None and tile_count(image.shape[:2], tiling) > MAX_TILES_PER_IMAGE:
+            tiles = tile_count(image.shape[:2], tiling) if tiling is not None else 1
+            if tiles > MAX_TILES_PER_IMAGE:
                 records.append({"input": str(path), "error": f"tiling {tiling.tile_size}/{tiling.stride} cuts this "
-                                f"{image.shape[1]}x{image.shape[0]} image into {tile_count(image.shape[:2], tiling):,} "
-                                f"tiles, more than {MAX_TILES_PER_IMAGE:,}"})
+                                f"{image.shape[1]}x{image.shape[0]} image into {tiles:,} tiles, more than "
+                                f"{MAX_TILES_PER_IMAGE:,}"})
                 summary.errors += 1
                 continue
             images.append(image)

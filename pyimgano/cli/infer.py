@@ -18,7 +18,7 @@ from pyimgano.runtime.engine import DEVICES, Engine
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits, expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
-from pyimgano.runtime.outputs import OutputError, RecordFile, check_file, check_folder, complete_records
+from pyimgano.runtime.outputs import OutputError, RecordFile, check_file, check_folder
 from pyimgano.runtime.tiling import MAP_REDUCE, TilingConfig
 
 
@@ -274,14 +274,13 @@ def open_outputs(save_jsonl, regions_jsonl, summary_json, save_masks, save_overl
     kept = records_file.open(resume) if records_file else []
     if regions_file:
         try:
-            regions_file.open(resume)
+            regions = regions_file.open(resume)
         except OutputError:
             records_file.close()
             raise
         if resume:
             # Regions of inputs whose record was not written are written again with it.
             done = {record["input"] for record in kept}
-            regions, _ = complete_records(regions_jsonl)
             regions_file.handle.truncate(0)
             for region in regions:
                 if region["input"] in done:

@@ -109,9 +109,9 @@ class EmbeddingDetector(GraphDetector):
     def embed_inputs(self, images: np.ndarray) -> Embedded:
         """Features of uint8 [N,H,W,3] model inputs."""
 
-    @abstractmethod
     def fit_embedded(self, embedded: Embedded) -> "EmbeddingDetector":
-        """Fits on features; returns self."""
+        """Fits on features (as one part); returns self."""
+        return self.fit_summaries([self.summarise(embedded)])
 
     @abstractmethod
     def summarise(self, embedded: Embedded) -> object:

@@ -150,9 +150,6 @@ class VisionPadim(BackboneDetector, EmbeddingDetector):
     def embed(self, images: np.ndarray) -> torch.Tensor:
         return self.embed_inputs(images).features
 
-    def fit_embedded(self, embedded: Embedded) -> "VisionPadim":
-        return self.fit_summaries([self.summarise(embedded)])
-
     @torch.no_grad()
     def summarise(self, embedded: Embedded) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-position sums of the features and of their outer products, and the image count: float64,

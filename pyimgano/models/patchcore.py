@@ -255,9 +255,6 @@ class VisionPatchCore(BackboneDetector, EmbeddingDetector):
         """Patch features of uint8 [N,H,W,3] images, as one [N*h*w, D] tensor on the device."""
         return self.embed_inputs(images).features.reshape(-1, self.feature_dim)
 
-    def fit_embedded(self, embedded: Embedded) -> "VisionPatchCore":
-        return self.fit_summaries([self.summarise(embedded)])
-
     def summarise(self, embedded: Embedded) -> tuple[torch.Tensor, int]:
         """(a greedy coreset of the part's patch rows at the model's ratio, the part's patch count). Several
         parts' coresets together are a composable coreset of their union: each part's rows covered as the

@@ -68,6 +68,12 @@ class Calibration:
     normal_scores: np.ndarray  # the image scores the image threshold was read from
     normal_map_max: np.ndarray  # each normal image's highest (post-processed) map value
 
+    def stored(self) -> dict:
+        """What a report keeps so that thresholds can be re-derived at another rate without a refit
+        (pyimgano-export --target-false-reject-rate)."""
+        return {"normal_scores": [float(v) for v in self.normal_scores],
+                "normal_map_max": [float(v) for v in self.normal_map_max]}
+
 
 def score_normal(
     scorer: BatchScorer, steps: MapSteps, load: Callable[[slice], list[np.ndarray]], count: int

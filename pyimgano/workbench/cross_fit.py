@@ -23,6 +23,7 @@ from pyimgano.config import TrainingConfig
 from pyimgano.models.base import EmbeddingDetector, GraphDetector
 from pyimgano.runtime.progress import track
 from pyimgano.runtime.scoring import MapSteps, combine, model_inputs
+from pyimgano.workbench.image_scoring import fit_inputs
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,6 @@ def assign_folds(count: int, folds: int, seed: int) -> np.ndarray:
     fold_of = np.empty(count, dtype=np.int64)
     fold_of[order] = np.arange(count) % folds
     return fold_of
-
-
-def _fit(detector: GraphDetector, inputs: np.ndarray, training: TrainingConfig) -> GraphDetector:
-    if detector.capabilities.trains:
-        return detector.fit(inputs, epochs=training.epochs, lr=training.lr)
-    return detector.fit(inputs)
 
 
 def cross_fit(
@@ -70,13 +65,13 @@ def cross_fit(
             model.fit_summaries([summary for other, summary in enumerate(summaries) if other != fold])
             scores, maps = model.score_embedded(embedded.take(held))
         else:
-            _fit(model, flat[input_fold != fold], training)
+            fit_inputs(model, flat[input_fold != fold], training)
             scores, maps = model.score_batch(flat[held])
         input_scores[held], input_maps[held] = scores, maps
     if embedded is not None:
         detector.fit_summaries(summaries)
     else:
-        _fit(detector, flat, training)
+        fit_inputs(detector, flat, training)
     scores, maps = [], []
     for index, image in enumerate(images):
         rows = owner == index

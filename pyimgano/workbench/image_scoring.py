@@ -16,13 +16,17 @@ CHUNK = 64
 
 
 def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> None:
-    """Fits on the images as the model sees them. (The model's ModelEntry.validate has refused a training
-    switch that does not match what the model does.)"""
-    batch = np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images])
+    """Fits on the images as the model sees them."""
+    fit_inputs(detector, np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images]),
+               training)
+
+
+def fit_inputs(detector, batch: np.ndarray, training: TrainingConfig):
+    """Fits on uint8 model inputs, with the run's epochs and learning rate for a model that trains (its
+    ModelEntry.validate has refused a training switch that does not match what the model does); returns it."""
     if detector.capabilities.trains:
-        detector.fit(batch, epochs=training.epochs, lr=training.lr)
-    else:
-        detector.fit(batch)
+        return detector.fit(batch, epochs=training.epochs, lr=training.lr)
+    return detector.fit(batch)
 
 
 def training_report(detector) -> dict:

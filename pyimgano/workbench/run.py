@@ -77,9 +77,7 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
             "strategy": config.calibration.strategy,
             "folds": config.calibration.folds if cross_fitted else None,
             "target_false_reject_rate": thresholds["image"]["target_false_reject_rate"],
-            # What pyimgano-export --target-false-reject-rate re-derives a threshold from, without refitting.
-            "normal_scores": [float(v) for v in calibration.normal_scores],
-            "normal_map_max": [float(v) for v in calibration.normal_map_max],
+            **calibration.stored(),
         },
         "timing": {
             "fit_seconds": round(fit_seconds, 3),
