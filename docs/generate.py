@@ -21,10 +21,18 @@ from pyimgano.cli.train import main as train_main
 from pyimgano.export.cli import main as export_main
 from pyimgano.recipes import RECIPES
 from pyimgano.cli.infer import main as infer_main
+from pyimgano.cli.serve import main as serve_main
+from pyimgano.cli.report import main as report_main
+from pyimgano.cli.sign import main as sign_main
 from pyimgano.runtime.exit_codes import DESCRIPTIONS, ExitCode
 
 DOCS = Path(__file__).resolve().parent
 COMMANDS = (("pyimgano-train", train_main), ("pyimgano-export", export_main), ("pyimgano-infer", infer_main))
+# A group's help lists its subcommands only; each subcommand's flags get a section of their own.
+COMMANDS += (("pyimgano-sign", sign_main),
+             *((f"pyimgano-sign {name}", command) for name, command in sorted(sign_main.commands.items())))
+COMMANDS += (("pyimgano-serve", serve_main),)
+COMMANDS += (("pyimgano-report", report_main),)
 
 
 def cli_reference() -> str:

@@ -23,8 +23,9 @@ from pyimgano.export.variants import (
     reduce_bank,
 )
 from pyimgano.export.onnx_graph import INPUT_NAME, MAP_NAME, OPSET, SCORE_NAME, export_graph, measure_parity
-from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, write_archive
+from pyimgano.runtime.bundle import BundleError, file_entry, move_into_place, read_manifest, sign_bundle, write_archive
 from pyimgano.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from pyimgano.runtime.signing import load_private_key
 from pyimgano.workbench.artifacts import utc_now, write_json
 from pyimgano.workbench.run_loader import RunError, infer_config, load_detector, load_run, model_block
 
@@ -56,6 +57,8 @@ class ExportResult:
     bundle_dir: Path
     archive: Path
     parity: dict
+    # The key that signed the bundle (`sign_key`), None when unsigned.
+    key_id: str | None = None
 
 
 def parity_samples(run_dir: Path, category: str, report: dict) -> list[Sample]:
@@ -112,13 +115,17 @@ def export_bundle(
     name: str | None = None,
     variant: Variant = Variant(),
     enforce_parity: bool = True,
+    sign_key: Path | None = None,
 ) -> ExportResult:
     """`enforce_parity=False` records parity without refusing: for speed benchmarks on random weights,
-    where an int8 graph's ranges mean nothing; the manifest says so (`parity.enforced`)."""
+    where an int8 graph's ranges mean nothing; the manifest says so (`parity.enforced`). `sign_key` (an
+    Ed25519 private key, PKCS8 PEM) signs the bundle once written, before the archive is made."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir)
     if variant.precision not in PARITY_RTOLS:
         raise ExportError(f"precision {variant.precision!r} is not one of {list(PARITY_RTOLS)}")
+    # Read before the export's minutes of work, so that a bad key fails first.
+    signer = load_private_key(sign_key) if sign_key is not None else None
     try:
         config, category, report = load_run(run_dir, category)
     except RunError as exc:
@@ -194,10 +201,12 @@ def export_bundle(
         except BundleError as exc:
             raise ExportError(f"the manifest this export wrote does not parse: {exc}") from exc
         write_json(staging / MANIFEST_NAME, manifest)
+        if signer is not None:
+            sign_bundle(staging, signer)
         move_into_place(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     archive = out_dir / f"{final.name}.zip"
     write_archive(final, archive)
-    return ExportResult(bundle_dir=final, archive=archive, parity=parity)
+    return ExportResult(bundle_dir=final, archive=archive, parity=parity, key_id=signer.key_id if signer else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class ModelConfig:
     embed_dim: int | None = None
     # vision_padim: size of the random channel subset that keeps per-position covariances small.
     n_features: int | None = None
+    # vision_anomalib_checkpoint: the anomalib 2.x Lightning checkpoint (.ckpt) to import.
+    checkpoint_path: str | None = None
     # The seed's name for the share of good parts the image threshold may reject: when given, it sets
     # calibration.target_false_reject_rate.
     contamination: float | None = None
@@ -107,6 +110,10 @@ class OutputConfig:
     output_dir: str = "runs/run"
     save_run: bool = True
     per_image_jsonl: bool = True
+    # report.html in the run directory: curves, histograms, thresholds and a gallery of the worst false
+    # rejects and misses (docs/REPORT.md; needs matplotlib, the `report` extra). It is drawn from the
+    # per-image records, so it needs per_image_jsonl.
+    html_report: bool = True
 
 
 @dataclass
@@ -159,10 +166,18 @@ def validate(config: WorkbenchConfig) -> WorkbenchConfig:
     # Both name a file or folder inside the run directory: a path there would write outside it.
     _check_plain_name(config.dataset.category, "dataset.category")
     _check_plain_name(config.training.checkpoint_name, "training.checkpoint_name")
+    # A count of 0 or below would silently use fewer images than written (Python slicing), or none.
+    for value, path in ((config.dataset.limit_train, "dataset.limit_train"), (config.dataset.limit_test, "dataset.limit_test"),
+                        (config.training.epochs, "training.epochs")):
+        if value is not None and value < 1:
+            raise ConfigError(f"{path}: {value} must be at least 1 (or null)")
     if min(config.dataset.resize) < 32:
         raise ConfigError(f"dataset.resize: {list(config.dataset.resize)} is smaller than 32 pixels")
     if config.model.coreset_ratio is not None:
         _check_range(config.model.coreset_ratio, 0.0, 1.0, "model.coreset_ratio", low_open=True)
+    if config.model.checkpoint_path is not None and (not config.model.checkpoint_path.strip()
+                                                     or "\x00" in config.model.checkpoint_path):
+        raise ConfigError(f"model.checkpoint_path: {config.model.checkpoint_path!r} is not a file path")
     if config.model.num_neighbors is not None and config.model.num_neighbors < 1:
         raise ConfigError("model.num_neighbors: must be at least 1")
     if config.model.contamination is not None:
@@ -183,6 +198,12 @@ def validate(config: WorkbenchConfig) -> WorkbenchConfig:
         _check_range(config.calibration.pixel_quantile, 0.0, 1.0, "calibration.pixel_quantile")
     if config.model.batch_size < 1:
         raise ConfigError("model.batch_size: must be at least 1")
+    if config.output.save_run and config.output.html_report and not config.output.per_image_jsonl:
+        raise ConfigError("output.html_report: the report is drawn from the per-image records; set "
+                          "output.per_image_jsonl: true, or output.html_report: false")
+    # A NaN or infinite rate trains a network of NaNs without any error of its own.
+    if config.training.lr is not None and not (math.isfinite(config.training.lr) and config.training.lr > 0):
+        raise ConfigError(f"training.lr: {config.training.lr} is not a positive finite number")
     return config
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "roc_auc",
     "average_precision",
     "precision_recall_f1",
+    "roc_curve",
+    "precision_recall_curve",
     "pixel_roc_auc",
     "aupro",
 ]
@@ -197,6 +199,49 @@ def precision_recall_f1(
         "fn": fn,
         "tn": tn,
     }
+
+
+def _cumulative_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(true positives, false positives) of ``score >= t`` at each distinct score t, highest first, and the
+    class sizes. Samples with equal scores enter together."""
+    positive = _binary_labels(labels)
+    flat = _finite_scores(scores)
+    if positive.size != flat.size:
+        raise ValueError(f"labels and scores differ in size: {positive.size} != {flat.size}")
+    order = np.argsort(-flat, kind="mergesort")
+    ordered = flat[order]
+    run_ends = np.flatnonzero(np.concatenate([ordered[1:] != ordered[:-1], [True]]))
+    true_pos = np.cumsum(positive[order])[run_ends]
+    false_pos = run_ends + 1 - true_pos
+    return true_pos, false_pos, int(positive.sum()), int(positive.size - positive.sum())
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0) to (1, 1); the
+    points of ``sklearn.metrics.roc_curve(drop_intermediate=False)``. Its trapezoid area is :func:`roc_auc`.
+
+    Raises:
+        ValueError: only one class is present, labels are not 0/1, or scores are not finite.
+    """
+    true_pos, false_pos, positives, negatives = _cumulative_counts(labels, scores)
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"roc_curve needs both classes; got {positives} anomalous and {negatives} normal samples")
+    return (np.concatenate([[0.0], false_pos / negatives]), np.concatenate([[0.0], true_pos / positives]))
+
+
+def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, recall rising, starting at (0, 1); the points of
+    ``sklearn.metrics.precision_recall_curve`` in reverse. The step sum of precision over the recall gains
+    is :func:`average_precision`.
+
+    Raises:
+        ValueError: there is no anomalous sample, labels are not 0/1, or scores are not finite.
+    """
+    true_pos, false_pos, positives, _ = _cumulative_counts(labels, scores)
+    if positives == 0:
+        raise ValueError("precision_recall_curve needs at least one anomalous (label 1) sample")
+    return (np.concatenate([[0.0], true_pos / positives]),
+            np.concatenate([[1.0], true_pos / (true_pos + false_pos)]))
 
 
 # --------------------------------------------------------------------------- pixel level

@@ -80,8 +80,10 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "anomalib-train",
-            "Placeholder: end-to-end anomalib training is not integrated. Train in anomalib, then evaluate "
-            "or serve with pyimgano's own models (vision_patchcore) on the same data.",
+            "Placeholder: anomalib's Engine is not driven from here. Train in anomalib, then import its "
+            "PatchCore or PaDiM checkpoint with recipe industrial-adapt, model.name vision_anomalib_checkpoint "
+            "and model.checkpoint_path (docs/MODELS.md), or fit through anomalib's torch models with "
+            "vision_patchcore_anomalib / vision_padim_anomalib.",
             placeholder=True,
         ),
     )

@@ -61,7 +61,10 @@ class ScoringContext:
         if table is None:
             raise ContextError("pixel_threshold_strategy normal_pixel_quantile needs the normal-pixel quantiles that "
                                "newer exports store; re-export the bundle")
-        return threshold_from_normal_quantiles(table.to_json(), defects.pixel_normal_quantile)
+        try:
+            return threshold_from_normal_quantiles(table.to_json(), defects.pixel_normal_quantile)
+        except ValueError as exc:  # a level outside the stored ones: nothing to interpolate between
+            raise ContextError(f"pixel_normal_quantile {defects.pixel_normal_quantile}: {exc}") from exc
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ScoringContext":

@@ -83,8 +83,10 @@ class DefectsConfig:
             )
         if self.pixel_threshold_strategy == "fixed" and self.pixel_threshold is None:
             raise ValueError("pixel_threshold_strategy 'fixed' needs pixel_threshold")
-        if not _finite(self.pixel_threshold):
-            raise ValueError(f"pixel_threshold must be a finite number or null, got {self.pixel_threshold!r}")
+        # A NaN compares false with every region score, so a NaN minimum would silently keep every region.
+        for name in ("pixel_threshold", "min_score_max", "min_score_mean"):
+            if not _finite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number or null, got {getattr(self, name)!r}")
         if self.region_sort not in REGION_SORT_KEYS:
             raise ValueError(f"region_sort {self.region_sort!r} is not one of {list(REGION_SORT_KEYS)}")
         if not 0.0 < self.pixel_normal_quantile < 1.0:

@@ -100,10 +100,7 @@ def header_size(head: bytes) -> tuple[int, int] | None:
 
 
 def read_rgb(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Reads any 8- or 16-bit grayscale, RGB or RGBA image as uint8 HxWx3 RGB, within `limits`.
-
-    Grayscale is replicated to three channels because the backbones are ImageNet RGB networks.
-    """
+    """Reads any 8- or 16-bit grayscale, RGB or RGBA image file as uint8 HxWx3 RGB, within `limits`."""
     try:
         size = os.stat(path).st_size
         if size > limits.max_bytes:
@@ -113,6 +110,20 @@ def read_rgb(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> n
         raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from exc
     if data.size == 0:
         raise ImageReadError("file is empty")
+    return decode_rgb(data, limits)
+
+
+def decode_rgb(data: np.ndarray | bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decodes an encoded image (a file's bytes: PNG, JPEG, BMP, ...) as uint8 HxWx3 RGB, within `limits`:
+    what `read_rgb` does after reading the file, for images that arrive as bytes (pyimgano-serve).
+
+    Grayscale is replicated to three channels because the backbones are ImageNet RGB networks.
+    """
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if data.size > limits.max_bytes:
+        raise ImageReadError(f"image of {data.size:,} bytes exceeds the limit of {limits.max_bytes:,} (--max-image-bytes)")
+    if data.size == 0:
+        raise ImageReadError("image is empty (0 bytes)")
     # The header is in the data already; the JPEG frame header can follow a large EXIF block.
     stated = header_size(data[: 2**20].tobytes())
     if stated is not None:

@@ -1,7 +1,8 @@
 """Scoring a list of image files through a batch scorer and its scoring context: one JSONL record per
 input, in input order.
 
-A file that cannot be read gets an error record and no score; the others are still processed.
+A file that cannot be read gets an error record and no score; the others are still processed. Files are
+decoded one chunk ahead of the session (runtime/prefetch.py), so decoding overlaps scoring.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 from pyimgano.runtime.context import ScoringContext
 from pyimgano.runtime.decision import decide
 from pyimgano.runtime.defects import DefectsConfig
-from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits, ImageReadError, read_rgb
+from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits
 from pyimgano.runtime.outputs import OutputError
+from pyimgano.runtime.overlays import overlay
+from pyimgano.runtime.prefetch import decoded_chunks
 from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.scoring import BatchScorer
 from pyimgano.runtime.tiling import MAX_TILES_PER_IMAGE, tile_count
@@ -156,20 +159,6 @@ class MaskWriter:
         return path
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, regions: list[dict]) -> np.ndarray:
-    """BGR picture for people: the map as a heat map blended on the image (full red at 1.5x the pixel
-    threshold, so the colour scale means the same on every image), region boxes drawn in green."""
-    height, width = image.shape[:2]
-    heat = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scaled = np.clip(heat / (1.5 * pixel_threshold) if pixel_threshold > 0 else heat, 0.0, 1.0)
-    colours = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    picture = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.55, colours, 0.45, 0.0)
-    for region in regions:
-        x0, y0, x1, y1 = region["bbox_xyxy"]
-        cv2.rectangle(picture, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 1)
-    return picture
-
-
 def run_inference(
     scorer: BatchScorer, context: ScoringContext, paths: list[Path], options: InferOptions,
     emit: Callable[[dict], None],
@@ -182,21 +171,20 @@ def run_inference(
     summary = Summary(located=0 if defects else None)
     started = time.perf_counter()
     progress = Progress("inference", len(paths))
-    for chunk in _chunks(paths, options.batch_size):
+    for chunk in decoded_chunks(_chunks(paths, options.batch_size), options.limits):
         records: list[dict] = []
         images, slots = [], []
-        for path in chunk:
+        for decoded in chunk:
             if options.max_errors is not None and summary.errors >= options.max_errors:
                 summary.stopped_early = True
                 break
-            t0 = time.perf_counter()
-            try:
-                image = read_rgb(path, options.limits)
-            except ImageReadError as exc:
-                records.append({"input": str(path), "error": str(exc)})
+            path, image = decoded.path, decoded.image
+            if decoded.error is not None:
+                records.append({"input": str(path), "error": decoded.error})
                 summary.errors += 1
                 continue
-            summary.stage_seconds["decode"] += time.perf_counter() - t0
+            # Time spent decoding (in the decode threads, overlapped with the session's work).
+            summary.stage_seconds["decode"] += decoded.seconds
             tiling = context.steps.tiling
             tiles = tile_count(image.shape[:2], tiling) if tiling is not None else 1
             if tiles > MAX_TILES_PER_IMAGE:
@@ -239,7 +227,7 @@ def run_inference(
                         "mask_path": str(masks.write(Path(record["input"]), decision.mask)) if masks else None,
                     }
                 if overlays:
-                    picture = overlay(image, anomaly_map, pixel_threshold, decision.regions or [])
+                    picture = overlay(image, anomaly_map, pixel_threshold, decision)
                     record["overlay_path"] = str(overlays.write(Path(record["input"]), picture))
                 summary.stage_seconds["defects"] += time.perf_counter() - t0
         for record in records:

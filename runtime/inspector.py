@@ -18,6 +18,7 @@ from pyimgano.runtime.decision import decide
 from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.engine import Engine
 from pyimgano.runtime.images import ImageReadError, read_rgb
+from pyimgano.runtime.signing import Origin
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
@@ -43,12 +44,14 @@ class Inspector:
 
     `defects=True` extracts regions with the bundle's own defect defaults; a DefectsConfig (or a dict of
     its keys over the bundle's defaults) chooses other settings. Bad settings raise ValueError here, at
-    construction, not at the first image.
+    construction, not at the first image. `trusted_keys` (a file or folder of Ed25519 public keys) opens
+    only a bundle one of them signed; `inspector.origin` says whether and by which key it was verified.
     """
 
     def __init__(self, bundle: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 defects: bool | DefectsConfig | dict = False, batch_size: int = 8):
-        self.engine = Engine(open_bundle(bundle), device=device, intra_op_threads=threads)
+                 defects: bool | DefectsConfig | dict = False, batch_size: int = 8,
+                 trusted_keys: str | os.PathLike | None = None):
+        self.engine = Engine(open_bundle(bundle, trusted_keys=trusted_keys), device=device, intra_op_threads=threads)
         self.batch_size = batch_size
         self.defects = self._defects(defects)
         self.pixel_threshold = self.context.pixel_threshold_for(self.defects) if self.defects else None
@@ -66,6 +69,10 @@ class Inspector:
     @property
     def context(self) -> ScoringContext:
         return self.engine.context
+
+    @property
+    def origin(self) -> Origin:
+        return self.engine.bundle.origin
 
     def inspect(self, images: ImageLike | Sequence[ImageLike]) -> Inspection | list[Inspection]:
         """One image (path or uint8 HxWx3 RGB array) -> one Inspection; a list -> a list, in order.

@@ -95,6 +95,10 @@ class NormalPixelQuantiles:
                              f"(got {len(self.q)} and {len(self.values)})")
         if not all(math.isfinite(v) for v in (*self.q, *self.values)):
             raise ValueError("normal_pixel_quantiles: q and values must be finite numbers")
+        # The table is read by interpolation between its levels (threshold_from_normal_quantiles).
+        if not (0.0 <= self.q[0] and self.q[-1] <= 1.0 and all(a < b for a, b in zip(self.q, self.q[1:]))):
+            raise ValueError(f"normal_pixel_quantiles: q must be strictly increasing levels in [0, 1], "
+                             f"got {list(self.q)}")
 
     def to_json(self) -> dict:
         return {"q": list(self.q), "values": list(self.values)}
@@ -123,6 +127,15 @@ class MapPostprocess:
     config: PostprocessConfig | None
     stats: NormalizationStats | None
     in_graph: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Checked at open: post-processing would otherwise refuse every map, from the first image on.
+        if self.config is not None and self.config.normalizes:
+            if self.stats is None:
+                raise ValueError(f"config normalizes maps ({self.config.normalize_method}) but stats is null")
+            if self.stats.method != self.config.normalize_method:
+                raise ValueError(f"stats.method {self.stats.method!r} does not match config.normalize_method "
+                                 f"{self.config.normalize_method!r}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ import numpy as np
 NORMALIZE_METHODS = ("none", "minmax", "percentile")
 
 
+MAX_GAUSSIAN_SIGMA = 64.0
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """The seed's `postprocess` block. Sizes are in anomaly-map pixels; 0 switches a step off."""
@@ -38,8 +41,10 @@ class PostprocessConfig:
         low, high = self.percentile_range
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"percentile_range must satisfy 0 <= low < high <= 100, got {self.percentile_range!r}")
-        if not (math.isfinite(self.gaussian_sigma) and self.gaussian_sigma >= 0.0):
-            raise ValueError(f"gaussian_sigma must be a finite number >= 0, got {self.gaussian_sigma}")
+        # A blur wider than any anomaly map is no post-processing, and its kernel (6 sigma + 1) gets slow, then
+        # beyond what OpenCV can allocate.
+        if not (math.isfinite(self.gaussian_sigma) and 0.0 <= self.gaussian_sigma <= MAX_GAUSSIAN_SIGMA):
+            raise ValueError(f"gaussian_sigma must be a number in [0, {MAX_GAUSSIAN_SIGMA:g}], got {self.gaussian_sigma}")
         for name in ("morph_open_ksize", "morph_close_ksize"):
             _check_ksize(name, getattr(self, name))
 

@@ -89,7 +89,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return tuple(items) if origin is tuple else items
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # JSON integers have any length; a float has a range
+                raise SchemaError(f"{path}: an integer of {len(str(abs(value)))} digits is beyond the range of a "
+                                  "number") from None
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -70,3 +70,38 @@ def start_long_infer(bundle: Path, edge_fixture: dict, tmp_path: Path, images: i
     while (not out.exists() or not out.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return process, out
+
+
+@pytest.fixture(autouse=True)
+def _reset_pyimgano_logging():
+    """A command invoked in-process (CliRunner) configures logging onto its own captured stream; the next test
+    starts from the library's unconfigured state."""
+    yield
+    from pyimgano.runtime import logs
+
+    logs.reset()
+
+
+def start_serve(python: str, repository: Path, log: Path, *flags: str, timeout_s: float = 90.0):
+    """A pyimgano-serve process of `python`'s environment (run from the log's folder, so that the source tree
+    in the working directory is not what it imports) over `repository` on a free loopback port, without a
+    token: (process, port) once it logs `serving`."""
+    import json
+    import subprocess
+    import time
+
+    env = {key: value for key, value in os.environ.items() if key != "PYIMGANO_SERVE_TOKEN"}
+    with open(log, "w") as handle:
+        process = subprocess.Popen([python, "-m", "pyimgano.cli.serve", "--model-repository", str(repository),
+                                    "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *flags],
+                                   stdout=subprocess.DEVNULL, stderr=handle, env=env, cwd=log.parent)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and '"serving"' in line:
+                return process, json.loads(line)["port"]
+        if process.poll() is not None:
+            pytest.fail(f"pyimgano-serve exited {process.returncode}: {log.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"pyimgano-serve did not start in {timeout_s} s: {log.read_text()}")

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from pyimgano.cli.infer import main
 from pyimgano.runtime.defects import threshold_from_normal_quantiles
 from pyimgano.runtime.exit_codes import ExitCode
+from pyimgano.runtime.overlays import OVERLAY_MIN_SHORT_SIDE, overlay_layout
 
 pytestmark = pytest.mark.edge
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,11 +193,17 @@ def test_regions_jsonl_and_overlays(edge_fixture, tmp_path, baseline):
     assert len(lines) == len(regions(records)) and all({"input", "bbox_xyxy", "area"} <= set(line) for line in lines)
     for record in records:
         picture = cv2.imread(record["overlay_path"])
-        assert list(picture.shape[:2]) == record["image_size"] and picture.shape[2] == 3
-        # Boxes are drawn in pure green on the blended picture.
+        # Upscaled for reading at the line, between a verdict banner and the colour legend (docs/REPORT.md).
+        layout = overlay_layout(tuple(record["image_size"]))
+        assert picture.shape == (layout.height, layout.width, 3)
+        assert min(layout.width, layout.image_height) >= OVERLAY_MIN_SHORT_SIDE
+        # Boxes: a pure green line inside a black outline, at the region's corner scaled to the picture.
         if record["defects"]["regions"]:
             x0, y0, _, _ = record["defects"]["regions"][0]["bbox_xyxy"]
-            assert tuple(picture[y0, x0]) == (0, 255, 0)
+            x, y = int(x0 * layout.scale), layout.banner + int(y0 * layout.scale)
+            assert tuple(picture[y, x]) == (0, 255, 0)
+            if x >= 2 and y >= layout.banner + 2:  # the outline just outside the corner, where it is in the image
+                assert tuple(picture[y - 2, x - 2]) == (0, 0, 0)
 
 
 def test_tiling_the_bundle_was_not_calibrated_for_is_refused(edge_fixture, tmp_path):

@@ -72,6 +72,31 @@ def test_average_precision_matches_sklearn(kind: str, seed: int) -> None:
     assert average_precision(labels, scores) == pytest.approx(expected, abs=TOL)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_curves_match_sklearn_and_their_areas_are_the_metrics(kind: str, seed: int) -> None:
+    """The report's ROC and precision-recall curves: sklearn's points, and the areas the report states."""
+    sk = _sk_metrics()
+    labels, scores = _scored_labels(kind, seed)
+    fpr, tpr = metrics.roc_curve(labels, scores)
+    sk_fpr, sk_tpr, _ = sk.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr, atol=TOL)
+    np.testing.assert_allclose(tpr, sk_tpr, atol=TOL)
+    assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(roc_auc(labels, scores), abs=1e-9)
+    recall, precision = metrics.precision_recall_curve(labels, scores)
+    sk_precision, sk_recall, _ = sk.precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(recall, sk_recall[::-1], atol=TOL)
+    np.testing.assert_allclose(precision, sk_precision[::-1], atol=TOL)
+    assert float(np.sum(np.diff(recall) * precision[1:])) == pytest.approx(average_precision(labels, scores), abs=1e-9)
+
+
+def test_curves_refuse_what_they_cannot_draw() -> None:
+    with pytest.raises(ValueError, match="needs both classes"):
+        metrics.roc_curve(np.zeros(4), np.arange(4.0))
+    with pytest.raises(ValueError, match="at least one anomalous"):
+        metrics.precision_recall_curve(np.zeros(4), np.arange(4.0))
+
+
 def test_roc_auc_and_ap_by_hand() -> None:
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.1, 0.4, 0.35, 0.8])

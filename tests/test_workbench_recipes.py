@@ -245,7 +245,8 @@ def test_custom_and_manifest_datasets_train(tmp_path):
 
 def test_list_models_and_model_info():
     models = {m["name"]: m for m in json.loads(train("--list-models", "--json").stdout)}
-    assert set(models) == {"vision_patchcore", "vision_padim", "vision_autoencoder"}
+    assert set(models) == {"vision_patchcore", "vision_padim", "vision_autoencoder", "vision_anomalib_checkpoint",
+                           "vision_patchcore_anomalib", "vision_padim_anomalib"}
     assert models["vision_autoencoder"]["trains"] is True and models["vision_patchcore"]["trains"] is False
     info = json.loads(train("--model-info", "vision_patchcore", "--json").stdout)
     assert info["presets"]["industrial-fast"]["coreset_ratio"] == 0.01
@@ -295,7 +296,9 @@ import sys
 from pyimgano.cli.train import program
 from pyimgano.cli.errors import classify
 try:
-    program(sys.argv[1], None, None, None, None, True, False, None, False, None, False, None, False)
+    program(config_path=sys.argv[1], root=None, category=None, device=None, output_dir=None, dry_run=True,
+            export_infer_config=False, export_dir=None, sign_key=None, show_recipes=False, recipe_name=None,
+            show_models=False, model_name=None, as_json=False)
     outcome = "ok"
 except Exception as exc:
     outcome = classify(exc)[0].name

@@ -34,14 +34,20 @@ ERRORS: tuple[tuple[str, str, ExitCode, str], ...] = (
     ("pyimgano.runtime.engine", "EngineError", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.context", "ContextError", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.bundle", "BundleError", ExitCode.BUNDLE_REFUSED, "bundle refused"),
+    ("pyimgano.runtime.signing", "SigningError", ExitCode.USAGE, "error"),
+    ("pyimgano.workbench.report_plots", "ReportExtraMissing", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.outputs", "OutputExists", ExitCode.USAGE, "error"),
     ("pyimgano.runtime.outputs", "OutputError", ExitCode.OUTPUT_ERROR, "error"),
+    ("pyimgano.export.triton", "TritonRepositoryError", ExitCode.USAGE, "error"),
     ("pyimgano.export.bundle_writer", "ParityError", ExitCode.PARITY_REFUSED, "export refused"),
     ("pyimgano.export.bundle_writer", "ExportError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.data.types", "DatasetError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.models.features", "WeightsNotFoundError", ExitCode.DATA_ERROR, "error"),
+    ("pyimgano.models.anomalib_format", "AnomalibCheckpointError", ExitCode.DATA_ERROR, "checkpoint refused"),
     ("pyimgano.workbench.checkpoint", "CheckpointError", ExitCode.DATA_ERROR, "error"),
     ("pyimgano.workbench.run_loader", "RunError", ExitCode.DATA_ERROR, "error"),
+    ("pyimgano.workbench.run_directory", "RunIntegrityError", ExitCode.DATA_ERROR, "run refused"),
+    ("pyimgano.workbench.run_directory", "RunDirectoryBusy", ExitCode.OUTPUT_ERROR, "error"),
 )
 
 

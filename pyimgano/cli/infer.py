@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import signal
 from pathlib import Path
 
 import click
 
 from pyimgano.cli.errors import UsageError, run_program
+from pyimgano.cli.log_flags import logging_options
 from pyimgano.runtime import strict
 from pyimgano.runtime.bundle import open_bundle
 from pyimgano.runtime.context import ContextError
@@ -19,7 +21,10 @@ from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits, expand_inputs
 from pyimgano.runtime.inference import InferOptions, run_inference
 from pyimgano.runtime.outputs import OutputError, RecordFile, check_file, check_folder
+from pyimgano.runtime.signing import TRUSTED_KEYS_ENV
 from pyimgano.runtime.tiling import MAP_REDUCE, TilingConfig
+
+log = logging.getLogger("pyimgano.infer")
 
 
 # Flags that override one key of the defects block: (flag, DefectsConfig field, click type, help).
@@ -106,26 +111,38 @@ def tiling_from_flags(current: TilingConfig | None, size: int | None, stride: in
         raise UsageError(f"--tile-*: {exc}") from exc
 
 
-def open_source(bundle_path, run_dir, run_category, device, threads):
-    """(batch scorer, scoring context): the ONNX engine over a bundle, or (server side, needs torch) the
-    model of a workbench run."""
+def open_source(bundle_path, run_dir, run_category, device, threads, trusted_keys=None):
+    """(batch scorer, scoring context, the bundle's origin): the ONNX engine over a bundle, or (server side,
+    needs torch) the model of a workbench run, whose origin is None."""
     if (bundle_path is None) == (run_dir is None):
         raise click.UsageError("give exactly one of --bundle and --from-run")
     if bundle_path is not None:
-        engine = Engine(open_bundle(bundle_path), device=device, intra_op_threads=threads)
-        return engine, engine.context
+        bundle = open_bundle(bundle_path, trusted_keys=trusted_keys)
+        if not bundle.origin.verified:
+            log.warning("bundle %s: origin %s; give --trusted-keys (or %s) to open only bundles signed by a trusted "
+                        "key", bundle_path.name, bundle.origin.describe(), TRUSTED_KEYS_ENV,
+                        extra={"bundle": bundle_path.name, **bundle.origin.to_json()})
+        engine = Engine(bundle, device=device, intra_op_threads=threads)
+        return engine, engine.context, bundle.origin
+    if trusted_keys is not None:
+        raise UsageError(f"--trusted-keys (or {TRUSTED_KEYS_ENV}) applies to --bundle only, not --from-run")
     # Imported only here: the edge install has no torch, and --bundle never needs it.
     from pyimgano.workbench.run_loader import open_run
 
-    return open_run(run_dir, run_category, device=device)
+    return (*open_run(run_dir, run_category, device=device), None)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@logging_options
 @click.option("--bundle", "bundle_path", type=click.Path(path_type=Path),
               help="Bundle directory NAME-VERSION/ or its .zip archive (ONNX Runtime, no torch).")
 @click.option("--from-run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Instead of a bundle: a workbench run directory, scored with its torch model (needs pyimgano[train]).")
 @click.option("--from-run-category", "run_category", help="With --from-run: the category, when the run has several.")
+@click.option("--trusted-keys", type=click.Path(exists=True, path_type=Path), envvar=TRUSTED_KEYS_ENV, show_envvar=True,
+              help="Open the bundle only if one of these Ed25519 public keys signed it: a file of keys (ssh-ed25519 "
+                   "lines or PEM) or a folder of *.pub files (docs/BUNDLE.md, pyimgano-sign). Without it the bundle's "
+                   "origin is unverified, and said so.")
 @click.option("--input", "inputs", required=True, multiple=True,
               help="An image file, a folder (searched recursively) or a glob pattern; repeatable.")
 @click.option("--save-jsonl", type=click.Path(dir_okay=False, path_type=Path),
@@ -144,7 +161,9 @@ def open_source(bundle_path, run_dir, run_category, device, threads):
               help="With --defects: also write one JSON line per region (input, region) to this file.")
 @defect_options
 @click.option("--save-overlays", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the heat map blended on each image, region boxes drawn, as PNG into this folder.")
+              help="Write a picture per image into this folder (PNG): map values above the pixel threshold coloured "
+                   "on the image, region boxes, the verdict and score in a banner, the colour scale below "
+                   "(docs/REPORT.md).")
 @click.option("--tile-size", type=click.IntRange(min=32), default=None,
               help="Tile each image (original pixels) for high-resolution inputs; must match the tiling the bundle "
                    "was calibrated with (see --uncalibrated-tiling).")
@@ -173,8 +192,8 @@ def main(**flags):
     run_program(lambda: program(**flags))
 
 
-def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batch_size, threads, defects, infer_config,
-            save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
+def program(bundle_path, run_dir, run_category, trusted_keys, inputs, save_jsonl, device, batch_size, threads, defects,
+            infer_config, save_masks, defects_regions_jsonl, save_overlays, tile_size, tile_stride, tile_map_reduce,
             uncalibrated_tiling, continue_on_error, max_errors, summary_json, max_image_bytes, max_image_pixels,
             overwrite, resume, **defect_flags) -> ExitCode:
     given = [flag.split("/")[0] for flag, field, _, _ in DEFECT_FLAGS if defect_flags[field] is not None]
@@ -183,7 +202,7 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
     if given and not defects:
         raise UsageError(f"{', '.join(given)} need --defects")
     check_outputs(save_jsonl, defects_regions_jsonl, summary_json, save_masks, save_overlays, overwrite, resume)
-    scorer, context = open_source(bundle_path, run_dir, run_category, device, threads)
+    scorer, context, origin = open_source(bundle_path, run_dir, run_category, device, threads, trusted_keys)
     paths = [path for spec in inputs for path in expand_inputs(spec)]
     if not paths:
         raise UsageError(f"no images found for --input {' '.join(inputs)}")
@@ -200,8 +219,8 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
                          "to score anyway (records then say calibrated: false)") from exc
     calibrated = tiling == original_tiling
     if not calibrated:
-        click.echo(f"warning: {context.name} scores with tiling it was not calibrated for: its labels and regions "
-                   "are not decisions its thresholds back (records say calibrated: false)", err=True)
+        log.warning("%s scores with tiling it was not calibrated for: its labels and regions are not decisions its "
+                    "thresholds back (records say calibrated: false)", context.name)
     # Resolved before the first image, so a strategy this context cannot serve fails before any output.
     if defects_config:
         context.pixel_threshold_for(defects_config)
@@ -210,7 +229,10 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
     done = {record["input"] for record in kept}
     remaining = [path for path in paths if str(path) not in done]
     if resume:
-        click.echo(f"resuming: {len(done)} inputs already have records in {save_jsonl}, {len(remaining)} to go", err=True)
+        log.info("resuming: %d inputs already have records in %s, %d to go", len(done), save_jsonl, len(remaining),
+                 extra={"done": len(done), "remaining": len(remaining)})
+    log.info("scoring %d images with %s on %s", len(remaining), context.name, scorer.device,
+             extra={"images": len(remaining), "source": context.name, "device": str(scorer.device)})
     stop = StopOnSignal()
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
                            save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1,
@@ -236,6 +258,8 @@ def program(bundle_path, run_dir, run_category, inputs, save_jsonl, device, batc
                 handle.close()
     summary.interrupted = stop.signal_name
     report = {"source": context.name, "device": str(scorer.device), **summary.to_json()}
+    if origin is not None:
+        report["origin"] = origin.to_json()
     if resume:
         report["resumed_after"] = len(done)
     click.echo(json.dumps(report), err=True)

@@ -10,6 +10,7 @@ import click
 
 from pyimgano.cli import errors
 from pyimgano.cli.errors import RecipePlaceholderError, run_program
+from pyimgano.cli.log_flags import logging_options
 from pyimgano.config import ConfigError, json_schema, load_config_file, to_json, validate
 from pyimgano.recipes import RECIPES, get_recipe
 from pyimgano.runtime.exit_codes import ExitCode
@@ -82,6 +83,7 @@ def resolve(config_path: Path, root, category, device, output_dir):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@logging_options
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Workbench config, JSON (or YAML when PyYAML is installed).")
 @click.option("--root", help="Override dataset.root.")
@@ -93,6 +95,9 @@ def resolve(config_path: Path, root, category, device, output_dir):
               help="Also write artifacts/infer_config.json (thresholds, adaptation, defects block) into the run.")
 @click.option("--export-bundle", "export_dir", type=click.Path(file_okay=False, path_type=Path),
               help="After training, export each category's bundle into this folder.")
+@click.option("--sign-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --export-bundle: sign each bundle with this Ed25519 private key (as pyimgano-export "
+                   "--sign-key).")
 @click.option("--list-recipes", "show_recipes", is_flag=True, help="List the builtin recipes and exit.")
 @click.option("--recipe-info", "recipe_name", metavar="NAME", help="Show a recipe's defaults and the config schema, and exit.")
 @click.option("--list-models", "show_models", is_flag=True, help="List the registered models and exit.")
@@ -103,7 +108,7 @@ def main(**flags):
     run_program(lambda: program(**flags))
 
 
-def program(config_path, root, category, device, output_dir, dry_run, export_infer_config, export_dir,
+def program(config_path, root, category, device, output_dir, dry_run, export_infer_config, export_dir, sign_key,
             show_recipes, recipe_name, show_models, model_name, as_json) -> ExitCode:
     if show_recipes or recipe_name or show_models or model_name:
         if show_recipes:
@@ -118,6 +123,13 @@ def program(config_path, root, category, device, output_dir, dry_run, export_inf
     if config_path is None:
         raise click.UsageError("--config is required (or one of --list-recipes, --recipe-info, --list-models, --model-info)")
     config = resolve(config_path, root, category, device, output_dir)
+    if sign_key and not export_dir:
+        raise errors.UsageError("--sign-key needs --export-bundle")
+    if sign_key:
+        # Read before training, so that a bad key fails before the minutes of work, not after.
+        from pyimgano.runtime.signing import load_private_key
+
+        load_private_key(sign_key)
     if export_dir and not config.output.save_run:
         raise ConfigError("--export-bundle needs output.save_run = true (the bundle is made from the run)")
     recipe = get_recipe(config.recipe)
@@ -137,10 +149,11 @@ def program(config_path, root, category, device, output_dir, dry_run, export_inf
     report = run_workbench(config, export_infer_config=export_infer_config)
     click.echo(summary_table(report))
     click.echo(f"run directory: {config.output.output_dir}" if config.output.save_run else "run not saved (output.save_run = false)")
-    return export_all(Path(config.output.output_dir), export_dir, list(report["categories"])) if export_dir else ExitCode.OK
+    return (export_all(Path(config.output.output_dir), export_dir, list(report["categories"]), sign_key)
+            if export_dir else ExitCode.OK)
 
 
-def export_all(run_dir: Path, export_dir: Path, categories: list[str]) -> ExitCode:
+def export_all(run_dir: Path, export_dir: Path, categories: list[str], sign_key: Path | None = None) -> ExitCode:
     """Exports every category, each on its own: one that fails is reported and the others still export.
     Returns OK, or the exit code of the first failure."""
     from pyimgano.export.cli import export_one
@@ -148,10 +161,14 @@ def export_all(run_dir: Path, export_dir: Path, categories: list[str]) -> ExitCo
     failures: list[ExitCode] = []
     for name in categories:
         try:
-            export_one(run_dir, export_dir, name, "1")
+            export_one(run_dir, export_dir, name, "1", sign_key=sign_key)
         except Exception as exc:  # noqa: BLE001 - errors.report re-raises what its table does not know
             failures.append(errors.report(exc, about=f"category {name}"))
     if failures:
         click.echo(f"exported {len(categories) - len(failures)} of {len(categories)} categories", err=True)
         return failures[0]
     return ExitCode.OK
+
+
+if __name__ == "__main__":
+    main()

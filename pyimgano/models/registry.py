@@ -15,7 +15,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pyimgano.config import ConfigError, ModelConfig, WorkbenchConfig, input_contract
+from pyimgano.config import CalibrationConfig, ConfigError, ModelConfig, WorkbenchConfig, input_contract
 from pyimgano.runtime.images import InputContract
 
 # ModelConfig keys every model takes: the seed's keys and the scoring batch size.
@@ -31,6 +31,10 @@ class Capabilities:
     precisions: tuple[str, ...] = ("fp32",)
     # `reduce_bank(rows)` keeps a coreset of a fitted memory bank (`pyimgano-export --bank-rows`).
     reducible_bank: bool = False
+    # The fitted state is read from model.checkpoint_path (fitted by another library) when the detector is
+    # built: nothing is fitted here, so calibration cannot cross-fit (that refits on folds) and every
+    # train/good image is a held-out calibration image.
+    imported: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class ModelEntry:
     capabilities: Capabilities
     # ModelConfig keys this model reads beyond COMMON_KNOBS; setting any other is an error naming the model.
     knobs: frozenset[str] = frozenset()
+    # Import packages beyond the base install that the model needs; its `resolve` refuses it, naming the
+    # package to install, where one is missing.
+    requires: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -76,7 +83,21 @@ class ModelEntry:
         if not self.trains and config.training.enabled:
             raise ConfigError(f"training.enabled: {self.name} does not train (nothing takes epochs or lr); "
                               "set it false")
+        if self.capabilities.imported:
+            _check_imported_calibration(self.name, config)
         self.resolve(config.model, input_contract(config), config.seed)
+
+
+def _check_imported_calibration(name: str, config: WorkbenchConfig) -> None:
+    if config.calibration.strategy != "holdout":
+        raise ConfigError(
+            f"calibration.strategy: {config.calibration.strategy} refits the model on folds of train/good, but "
+            f"{name} is fitted already (its state is the checkpoint's, fixed); set calibration.strategy to "
+            "holdout: every train/good image then calibrates the thresholds, so give the dataset good images "
+            "the checkpoint was not fitted on (docs/MODELS.md)")
+    if config.calibration.holdout_fraction != CalibrationConfig().holdout_fraction:
+        raise ConfigError(f"calibration.holdout_fraction: {name} fits nothing here, so every train/good image "
+                          "calibrates; remove holdout_fraction")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

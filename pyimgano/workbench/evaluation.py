@@ -31,10 +31,17 @@ def evaluate(test: list[Sample], scores: np.ndarray, maps: list[np.ndarray], mas
     return result
 
 
-def save_maps(folder: Path, samples: list[Sample], maps: list[np.ndarray], run_dir: Path) -> list[dict]:
+def save_maps(folder: Path, samples: list[Sample], maps: list[np.ndarray], run_dir: Path,
+              indices: list[int] | None = None) -> list[dict | None]:
+    """Writes each test map (or those at `indices`) as float32 .npy; per sample, its per-image `map` entry
+    (None where not written)."""
     folder.mkdir(parents=True, exist_ok=True)
-    entries = []
+    chosen = set(range(len(samples)) if indices is None else indices)
+    entries: list[dict | None] = []
     for index, (sample, anomaly_map) in enumerate(zip(samples, maps)):
+        if index not in chosen:
+            entries.append(None)
+            continue
         path = folder / f"{index:05d}_{sample.path.stem}.npy"
         np.save(path, anomaly_map.astype(np.float32))
         entries.append({"path": str(path.relative_to(run_dir)), "shape": list(anomaly_map.shape), "dtype": "float32"})

@@ -16,7 +16,9 @@ CHUNK = 64
 
 
 def fit_detector(detector, images: list[np.ndarray], steps: MapSteps, training: TrainingConfig) -> None:
-    """Fits on the images as the model sees them."""
+    """Fits on the images as the model sees them (an imported model came fitted: nothing to do)."""
+    if detector.capabilities.imported:
+        return
     fit_inputs(detector, np.concatenate([model_inputs(image, steps.contract, steps.tiling) for image in images]),
                training)
 

@@ -18,6 +18,7 @@ from pyimgano.runtime.scoring import MapSteps
 from pyimgano.runtime.tiling import TilingConfig
 from pyimgano.workbench import artifacts, checkpoint
 from pyimgano.workbench.devices import resolve_device
+from pyimgano.workbench.run_directory import TOP_REPORT, verify
 
 
 class RunError(Exception):
@@ -34,9 +35,10 @@ def _read_json(path: Path) -> dict:
 
 
 def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str, dict]:
-    """The run's config, the category to use and its report."""
-    config = parse_config(_read_json(run_dir / "config.json"))
-    categories = sorted(_read_json(run_dir / "report.json")["categories"])
+    """The run's config, the category to use and its report, once the files a reader of that category uses
+    (config, report, checkpoint, per-image records) are shown to be the ones this run wrote."""
+    top = _read_json(run_dir / TOP_REPORT)
+    categories = sorted(top.get("categories") or {})
     if category is None:
         if len(categories) != 1:
             raise RunError(
@@ -46,7 +48,17 @@ def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str,
         category = categories[0]
     if category not in categories:
         raise RunError(f"category {category!r} is not in run {run_dir} (it holds {categories})")
-    return config, category, _read_json(run_dir / "categories" / category / "report.json")
+    report_name = f"categories/{category}/report.json"
+    verify(run_dir, top.get("files"), ["config.json", report_name])
+    report = _read_json(run_dir / report_name)
+    checkpoint_name = report.get("checkpoint")
+    if not isinstance(checkpoint_name, str):
+        raise RunError(f"{run_dir / report_name}: no checkpoint recorded")
+    used = [checkpoint_name, str(Path(checkpoint_name).with_suffix(".json"))]
+    if report.get("per_image_jsonl"):
+        used.append(f"categories/{category}/{report['per_image_jsonl']}")
+    verify(run_dir, top["files"], used)
+    return parse_config(_read_json(run_dir / "config.json")), category, report
 
 
 def load_detector(run_dir: Path, config: WorkbenchConfig, report: dict, device: torch.device):

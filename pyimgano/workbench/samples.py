@@ -11,6 +11,7 @@ import numpy as np
 
 from pyimgano.config import ConfigError, WorkbenchConfig
 from pyimgano.data.types import CategorySplit, DatasetError, Sample
+from pyimgano.models.registry import get_model
 from pyimgano.runtime.images import ImageReadError, read_mask, read_rgb
 
 
@@ -23,7 +24,8 @@ class Partition:
 
 def partition(split: CategorySplit, config: WorkbenchConfig) -> Partition:
     """Seeded shuffle of train/good into the part the model fits and the calibration holdout (empty when
-    cross-fitting, where every train image is both)."""
+    cross-fitting, where every train image is both; all of train/good for an imported model, which fits
+    nothing here)."""
     rng = random.Random(config.seed)
     train = list(split.train)
     rng.shuffle(train)
@@ -35,6 +37,10 @@ def partition(split: CategorySplit, config: WorkbenchConfig) -> Partition:
             raise ConfigError(f"{split.category}: calibration.folds {folds} needs at least {folds} train/good images, "
                               f"found {len(train)}")
         holdout_count = 0
+    elif get_model(config.model.name).capabilities.imported:
+        if not train:
+            raise ConfigError(f"{split.category}: no train/good images to calibrate the imported model on")
+        holdout_count = len(train)
     else:
         if len(train) < 2:
             raise ConfigError(f"{split.category}: at least 2 train/good images are needed (one to fit, one to calibrate)")
