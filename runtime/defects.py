@@ -209,6 +209,7 @@ def _refine_to_peaks(binary: np.ndarray, full: np.ndarray, threshold: float, fra
         return binary
     peaks = np.full(count, -np.inf, dtype=np.float64)
     np.maximum.at(peaks, labels[binary > 0], full[binary > 0])
+    peaks[0] = threshold  # the background (label 0) has no peak; its cut is set below
     cuts = threshold + fraction * (peaks - threshold)
     cuts[0] = np.inf
     return (binary.astype(bool) & (full >= cuts[labels])).astype(np.uint8)
