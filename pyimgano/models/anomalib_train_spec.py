@@ -17,9 +17,10 @@ from pyimgano.runtime.images import InputContract
 # anomalib 2.1 keeps PatchCore's embeddings in the torch model (`embedding_store`), which fitting relies on.
 MIN_ANOMALIB = (2, 1)
 
-# anomalib's names: timm backbones and their feature modules. The fast presets use the timm network whose
-# ImageNet weights equal torchvision's mobilenet_v2 (../shared/WEIGHTS.md); anomalib downloads pretrained
-# weights through timm (Hugging Face), so an air-gapped machine needs them in its cache first.
+# anomalib's names: timm backbones and their feature modules. The presets that must run anywhere use
+# mobilenetv2_100, torchvision's mobilenet_v2 under timm's names, whose ImageNet weights are the file found
+# offline here (../shared/WEIGHTS.md); its blocks.1 / blocks.2 / blocks.4 are mobilenet_v2's features.3 / .6 /
+# .13, the layers of pyimgano's own presets. Weights are never downloaded (models/anomalib_train_weights.py).
 PATCHCORE_ANOMALIB_PRESETS: dict[str, dict] = {
     "industrial-fast": {"backbone": "mobilenetv2_100", "layers": ["blocks.2", "blocks.4"], "coreset_ratio": 0.01,
                         "num_neighbors": 9},
@@ -30,9 +31,12 @@ PATCHCORE_ANOMALIB_PRESETS: dict[str, dict] = {
                             "num_neighbors": 9},
 }
 PADIM_ANOMALIB_PRESETS: dict[str, dict] = {
-    "industrial-fast": {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"], "n_features": 50},
+    "industrial-fast": {"backbone": "mobilenetv2_100", "layers": ["blocks.1", "blocks.2", "blocks.4"],
+                        "n_features": 50},
+    "industrial-balanced": {"backbone": "mobilenetv2_100", "layers": ["blocks.1", "blocks.2", "blocks.4"],
+                            "n_features": 100},
     # anomalib's own defaults (n_features 100 is its default for resnet18).
-    "industrial-balanced": {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"], "n_features": 100},
+    "industrial-accurate": {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"], "n_features": 100},
 }
 
 
@@ -42,6 +46,8 @@ class AnomalibTrainParams:
     backbone: str
     layers: tuple[str, ...]
     pretrained: bool
+    # A torchvision or timm state dict of the backbone; None: torchvision's file in the torch hub cache.
+    weights_path: str | None
     # PatchCore: coreset_ratio and num_neighbors; PaDiM: n_features (None for the others).
     coreset_ratio: float | None
     num_neighbors: int | None
@@ -82,6 +88,7 @@ def _resolver(family: str, name: str, presets: dict[str, dict]):
             backbone=model.backbone or preset["backbone"],
             layers=tuple(model.layers) if model.layers else tuple(preset["layers"]),
             pretrained=model.pretrained,
+            weights_path=model.weights_path,
             coreset_ratio=pick("coreset_ratio") if patchcore else None,
             num_neighbors=pick("num_neighbors") if patchcore else None,
             n_features=n_features,
@@ -103,7 +110,7 @@ PATCHCORE_ANOMALIB = register_model(
         detector="pyimgano.models.anomalib_train:VisionAnomalibTrained",
         resolve=_resolver("patchcore", "vision_patchcore_anomalib", PATCHCORE_ANOMALIB_PRESETS),
         capabilities=Capabilities(trains=False),
-        knobs=frozenset({"backbone", "layers", "coreset_ratio", "num_neighbors"}),
+        knobs=frozenset({"backbone", "layers", "weights_path", "coreset_ratio", "num_neighbors"}),
         requires=("anomalib",),
     )
 )
@@ -117,7 +124,7 @@ PADIM_ANOMALIB = register_model(
         detector="pyimgano.models.anomalib_train:VisionAnomalibTrained",
         resolve=_resolver("padim", "vision_padim_anomalib", PADIM_ANOMALIB_PRESETS),
         capabilities=Capabilities(trains=False),
-        knobs=frozenset({"backbone", "layers", "n_features"}),
+        knobs=frozenset({"backbone", "layers", "weights_path", "n_features"}),
         requires=("anomalib",),
     )
 )

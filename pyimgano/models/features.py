@@ -45,6 +45,17 @@ def resolve_weights(spec: BackboneSpec, weights_path: str | None) -> Path:
     return path
 
 
+def read_weights(spec: BackboneSpec, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The pretrained state dict found for `spec` (resolve_weights) and the file's sha256."""
+    path = resolve_weights(spec, weights_path)
+    digest = sha256_file(path)
+    # torchvision's file names carry a sha256 prefix: a cached file that does not match is damaged.
+    if path.name == spec.weights_file and not digest.startswith(spec.sha256_prefix):
+        raise WeightsNotFoundError(f"{path} is damaged: its sha256 {digest[:16]}... does not start with {spec.sha256_prefix}")
+    # weights_only=True: a state dict of tensors, never arbitrary pickled code.
+    return torch.load(path, map_location="cpu", weights_only=True), digest
+
+
 def build_feature_extractor(
     spec: BackboneSpec, layers: tuple[str, ...], pretrained: bool, weights_path: str | None, seed: int
 ) -> tuple[nn.Module, str | None]:
@@ -56,13 +67,7 @@ def build_feature_extractor(
     network = getattr(torchvision.models, spec.builder)(weights=None)
     digest = None
     if pretrained:
-        path = resolve_weights(spec, weights_path)
-        digest = sha256_file(path)
-        # torchvision's file names carry a sha256 prefix: a cached file that does not match is damaged.
-        if path.name == spec.weights_file and not digest.startswith(spec.sha256_prefix):
-            raise WeightsNotFoundError(f"{path} is damaged: its sha256 {digest[:16]}... does not start with {spec.sha256_prefix}")
-        # weights_only=True: a state dict of tensors, never arbitrary pickled code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, digest = read_weights(spec, weights_path)
         network.load_state_dict(state)
     known = {name for name, _ in network.named_modules()}
     missing = [layer for layer in layers if layer not in known]
