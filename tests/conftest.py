@@ -31,7 +31,8 @@ def edge_fixture(tmp_path_factory) -> dict:
     bundles = os.environ.get("PYIMGANO_EDGE_BUNDLE")
     data = os.environ.get("PYIMGANO_EDGE_DATA")
     if bundles and data:
-        bundles, data = Path(bundles), Path(data)
+        # Absolute: tests run commands from other folders (a fresh venv's, a server's).
+        bundles, data = Path(bundles).resolve(), Path(data).resolve()
     elif HAS_TORCH:
         from pyimgano.demo import main as demo
 
