@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 from pathlib import Path
 
 import click
 
 from pyimgano.cli.errors import UsageError, run_program
 from pyimgano.cli.log_flags import logging_options
+from pyimgano.cli.signals import RecordSignals
 from pyimgano.runtime import strict
 from pyimgano.runtime.bundle import open_bundle
 from pyimgano.runtime.context import ContextError
@@ -233,7 +233,9 @@ def program(bundle_path, run_dir, run_category, trusted_keys, inputs, save_jsonl
                  extra={"done": len(done), "remaining": len(remaining)})
     log.info("scoring %d images with %s on %s", len(remaining), context.name, scorer.device,
              extra={"images": len(remaining), "source": context.name, "device": str(scorer.device)})
-    stop = StopOnSignal()
+    # SIGINT and SIGTERM stop the run after the chunk in hand: its records and the summary are still written,
+    # and the exit code says which signal (130, 143).
+    stop = RecordSignals()
     options = InferOptions(batch_size=batch_size, defects=defects_config, save_masks=save_masks,
                            save_overlays=save_overlays, max_errors=max_errors if continue_on_error else 1,
                            calibrated=calibrated, stop_requested=stop.requested,
@@ -310,30 +312,6 @@ def open_outputs(save_jsonl, regions_jsonl, summary_json, save_masks, save_overl
                 if region["input"] in done:
                     regions_file.write(region)
     return records_file, regions_file, kept
-
-
-class StopOnSignal:
-    """SIGINT and SIGTERM ask the run to stop after the chunk in hand: its records and the summary are still
-    written, and the exit code says which signal (130, 143)."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> "StopOnSignal":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import click
 
 from pyimgano.cli.errors import UsageError, run_program
 from pyimgano.cli.log_flags import logging_options
+from pyimgano.cli.signals import RecordSignals
 from pyimgano.runtime.engine import DEVICES, select_providers
 from pyimgano.runtime.exit_codes import ExitCode
 from pyimgano.runtime.images import ImageLimits
@@ -60,27 +60,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from exc
     return sock
-
-
-class DrainOnSignal:
-    """uvicorn answers SIGTERM and SIGINT by draining (no new connections; the requests in flight finish),
-    then raises the signal again; this records it, so the drained server exits 0 instead of 143/130."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> "DrainOnSignal":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -178,7 +157,9 @@ def program(repository, host, port, token_file, trusted_keys, device, threads, m
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             # Draining waits for the requests in flight, each bounded by the request timeout.
                             timeout_graceful_shutdown=int(request_timeout_s) + 5)
-    drain = DrainOnSignal()
+    # uvicorn answers SIGTERM and SIGINT by draining (no new connections; the requests in flight finish), then
+    # raises the signal again; recording it lets the drained server exit 0 instead of 143/130.
+    drain = RecordSignals()
     with drain:
         uvicorn.Server(config).run(sockets=[sock])
     logs.event("exited", signal=drain.signal_name)
