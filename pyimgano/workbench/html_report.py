@@ -30,7 +30,7 @@ from pyimgano.workbench import report_plots
 from pyimgano.workbench.operating_point import clopper_pearson
 from pyimgano.workbench.report_gallery import SCORE_TOLERANCE, Gallery, GalleryMap, galleries, load_maps, picked_indices
 from pyimgano.workbench.run_directory import TOP_REPORT
-from pyimgano.workbench.run_loader import RunError, load_run, run_context
+from pyimgano.workbench.run_loader import RunError, load_run, read_json, run_context
 
 REPORT_NAME = "report.html"
 # Gallery overlays are photographs: JPEG at this quality is a sixth to a seventh of the PNG's size and keeps the
@@ -59,15 +59,6 @@ class RunView:
     files: dict | None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def read_records(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -89,7 +80,7 @@ def _records_path(run_dir: Path, name: str, report: dict) -> Path:
 def staged_view(staging: Path, top: dict, config: WorkbenchConfig, reports: dict[str, dict]) -> RunView:
     """The run the training is writing, before it is sealed: its reports as written to disk (JSON types, as a
     rebuild reads them)."""
-    written = {name: _read_json(staging / "categories" / name / "report.json") for name in reports}
+    written = {name: read_json(staging / "categories" / name / "report.json") for name in reports}
     categories = tuple(CategoryView(name, report, read_records(_records_path(staging, name, report)))
                        for name, report in written.items())
     return RunView(staging, top, config, categories, files=None)
@@ -97,7 +88,7 @@ def staged_view(staging: Path, top: dict, config: WorkbenchConfig, reports: dict
 
 def finished_view(run_dir: Path) -> RunView:
     """A finished run, every file the report reads checked against the run's seal."""
-    top = _read_json(run_dir / TOP_REPORT)
+    top = read_json(run_dir / TOP_REPORT)
     categories, config = [], None
     for name in top.get("categories") or {}:  # in training order, as the training drew them
         config, _, report = load_run(run_dir, name)

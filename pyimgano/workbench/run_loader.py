@@ -25,7 +25,8 @@ class RunError(Exception):
     """The run directory is missing what is needed, or the category is ambiguous."""
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A run file's JSON, or a RunError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -37,7 +38,7 @@ def _read_json(path: Path) -> dict:
 def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str, dict]:
     """The run's config, the category to use and its report, once the files a reader of that category uses
     (config, report, checkpoint, per-image records) are shown to be the ones this run wrote."""
-    top = _read_json(run_dir / TOP_REPORT)
+    top = read_json(run_dir / TOP_REPORT)
     categories = sorted(top.get("categories") or {})
     if category is None:
         if len(categories) != 1:
@@ -50,7 +51,7 @@ def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str,
         raise RunError(f"category {category!r} is not in run {run_dir} (it holds {categories})")
     report_name = f"categories/{category}/report.json"
     verify(run_dir, top.get("files"), ["config.json", report_name])
-    report = _read_json(run_dir / report_name)
+    report = read_json(run_dir / report_name)
     checkpoint_name = report.get("checkpoint")
     if not isinstance(checkpoint_name, str):
         raise RunError(f"{run_dir / report_name}: no checkpoint recorded")
@@ -58,7 +59,7 @@ def load_run(run_dir: Path, category: str | None) -> tuple[WorkbenchConfig, str,
     if report.get("per_image_jsonl"):
         used.append(f"categories/{category}/{report['per_image_jsonl']}")
     verify(run_dir, top["files"], used)
-    return parse_config(_read_json(run_dir / "config.json")), category, report
+    return parse_config(read_json(run_dir / "config.json")), category, report
 
 
 def load_detector(run_dir: Path, config: WorkbenchConfig, report: dict, device: torch.device):
