@@ -196,18 +196,23 @@ def _check_archive(archive: Path, handle: zipfile.ZipFile) -> None:
                           "not extracted")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs (another user's counts): the owner of a pid-named folder."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _remove_orphaned_scratch() -> None:
     """Removes extraction folders whose process is gone (a run killed by SIGKILL cannot clean up after itself)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
         pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            continue
 
 
 def _extract_archive(archive: Path) -> tempfile.TemporaryDirectory:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pyimgano.runtime.bundle import sha256_file
+from pyimgano.runtime.bundle import process_alive, sha256_file
 
 
 class RunDirectoryBusy(Exception):
@@ -36,23 +36,13 @@ def _sibling(final: Path, kind: str, pid: int) -> Path:
     return final.with_name(f".{final.name}.{kind}-{pid}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _recover_leftovers(final: Path) -> None:
     """After a writer was killed: its staging folder is removed; a previous run it had moved aside to put the new
     one in place (killed between the two renames) is put back."""
     for kind in ("staging", "replaced"):
         for folder in final.parent.glob(f".{final.name}.{kind}-*"):
             pid = folder.name.rsplit("-", 1)[1]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             if kind == "replaced" and not final.exists():
                 os.replace(folder, final)
