@@ -9,11 +9,17 @@ no pixel reaches the pixel threshold (the evidence is spread thin); its record s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from pyimgano.runtime.defects import DefectsConfig, extract_regions
+
+
+class NoDecision(ValueError):
+    """The model produced a non-finite score or map: NaN compares false with the threshold, so it would pass as a
+    good part. The caller reports the image as failed (an error record, a 500), never as a verdict."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class Decision:
 
 def decide(score: float, anomaly_map: np.ndarray, image_hw: tuple[int, int], image_threshold: float,
            defects: DefectsConfig | None = None, pixel_threshold: float | None = None) -> Decision:
+    if not (math.isfinite(float(score)) and np.isfinite(anomaly_map).all()):
+        raise NoDecision("the model produced a non-finite score or map for this image; no decision")
     label = int(score > image_threshold)
     if defects is None:
         return Decision(float(score), label, image_threshold)

@@ -7,7 +7,6 @@ decoded one chunk ahead of the session (runtime/prefetch.py), so decoding overla
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 
 from pyimgano.runtime.context import ScoringContext
-from pyimgano.runtime.decision import decide
+from pyimgano.runtime.decision import NoDecision, decide
 from pyimgano.runtime.defects import DefectsConfig
 from pyimgano.runtime.images import DEFAULT_LIMITS, ImageLimits
 from pyimgano.runtime.outputs import OutputError
@@ -25,7 +24,7 @@ from pyimgano.runtime.overlays import overlay
 from pyimgano.runtime.prefetch import decoded_chunks
 from pyimgano.runtime.progress import Progress
 from pyimgano.runtime.scoring import BatchScorer
-from pyimgano.runtime.tiling import MAX_TILES_PER_IMAGE, tile_count
+from pyimgano.runtime.tiling import too_many_tiles
 
 
 @dataclass(frozen=True)
@@ -185,12 +184,9 @@ def run_inference(
                 continue
             # Time spent decoding (in the decode threads, overlapped with the session's work).
             summary.stage_seconds["decode"] += decoded.seconds
-            tiling = context.steps.tiling
-            tiles = tile_count(image.shape[:2], tiling) if tiling is not None else 1
-            if tiles > MAX_TILES_PER_IMAGE:
-                records.append({"input": str(path), "error": f"tiling {tiling.tile_size}/{tiling.stride} cuts this "
-                                f"{image.shape[1]}x{image.shape[0]} image into {tiles:,} tiles, more than "
-                                f"{MAX_TILES_PER_IMAGE:,}"})
+            problem = too_many_tiles(image.shape[:2], context.steps.tiling)
+            if problem:
+                records.append({"input": str(path), "error": problem})
                 summary.errors += 1
                 continue
             images.append(image)
@@ -201,13 +197,14 @@ def run_inference(
             for slot, score, anomaly_map, image in zip(slots, scores, maps, images):
                 height, width = image.shape[:2]
                 record = records[slot]
-                if not (math.isfinite(float(score)) and np.isfinite(anomaly_map).all()):
-                    # NaN compares false with the threshold: it would pass as a good part.
-                    record["error"] = "the model produced a non-finite score or map for this image; no decision"
+                t0 = time.perf_counter()
+                try:
+                    decision = decide(float(score), anomaly_map, (height, width), image_threshold, defects,
+                                      pixel_threshold)
+                except NoDecision as exc:
+                    record["error"] = str(exc)
                     summary.errors += 1
                     continue
-                t0 = time.perf_counter()
-                decision = decide(float(score), anomaly_map, (height, width), image_threshold, defects, pixel_threshold)
                 summary.anomalous += decision.label
                 record.update(
                     score=decision.score,

@@ -90,6 +90,17 @@ def tile_count(image_hw: tuple[int, int], config: TilingConfig) -> int:
     return len(tile_origins(height, config.tile_size, config.stride)) * len(tile_origins(width, config.tile_size, config.stride))
 
 
+def too_many_tiles(image_hw: tuple[int, int], config: TilingConfig | None) -> str | None:
+    """Why `config` cannot score an image of this size (more than MAX_TILES_PER_IMAGE tiles), or None."""
+    if config is None:
+        return None
+    tiles = tile_count(image_hw, config)
+    if tiles <= MAX_TILES_PER_IMAGE:
+        return None
+    return (f"tiling {config.tile_size}/{config.stride} cuts this {int(image_hw[1])}x{int(image_hw[0])} image into "
+            f"{tiles:,} tiles, more than {MAX_TILES_PER_IMAGE:,}")
+
+
 def make_grid(image_hw: tuple[int, int], config: TilingConfig) -> TileGrid:
     height, width = (int(v) for v in image_hw)
     if height < 1 or width < 1:

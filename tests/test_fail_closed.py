@@ -81,6 +81,13 @@ def test_a_graph_that_emits_nan_gives_error_records_not_good_parts(bundle_copy, 
     assert records and all("score" not in r and "label" not in r and "non-finite" in r["error"] for r in records)
     summary = json.loads(result.stderr.strip().splitlines()[-1])
     assert summary["errors"] == len(records) and summary["anomalous"] == 0
+    # The Python API makes the same refusal: no verdict for a non-finite output.
+    from pyimgano.runtime import Inspector
+    from pyimgano.runtime.decision import NoDecision
+
+    good = sorted((edge_fixture["category_dir"] / "test" / "good").glob("*.png"))[0]
+    with pytest.raises(NoDecision, match="non-finite"):
+        Inspector(bundle_copy, device="cpu").inspect(good)
 
 
 @pytest.mark.parametrize("section, key, value", [("dataset", "category", "../../../x"),

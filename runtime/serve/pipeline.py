@@ -10,19 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from pyimgano.runtime import strict
-from pyimgano.runtime.decision import decide
+from pyimgano.runtime.decision import NoDecision, decide
 from pyimgano.runtime.images import ImageLimits, ImageReadError, decode_rgb, header_size
 from pyimgano.runtime.serve.batcher import Scored
 from pyimgano.runtime.serve.errors import BadRequest, ModelFailure, TooLarge
 from pyimgano.runtime.serve.protocol import InferRequest, InputTensor, OutputTensor, parse_infer_request
 from pyimgano.runtime.serve.registry import ServedVersion
-from pyimgano.runtime.tiling import MAX_TILES_PER_IMAGE, tile_count
+from pyimgano.runtime.tiling import too_many_tiles
 
 PLATFORM = "pyimgano_onnx"
 IMAGE_BYTES_INPUT = "image_bytes"
@@ -151,11 +150,9 @@ def prepare(body: bytes, header_length: int | None, served: ServedVersion, limit
     tiling = served.context.steps.tiling
     if tiling is not None:
         for index, image in enumerate(images):
-            tiles = tile_count(image.shape[:2], tiling)
-            if tiles > MAX_TILES_PER_IMAGE:
-                raise BadRequest(f"image {index}: tiling {tiling.tile_size}/{tiling.stride} cuts this "
-                                 f"{image.shape[1]}x{image.shape[0]} image into {tiles:,} tiles, more than "
-                                 f"{MAX_TILES_PER_IMAGE:,}")
+            problem = too_many_tiles(image.shape[:2], tiling)
+            if problem:
+                raise BadRequest(f"image {index}: {problem}")
         if "anomaly_map" in outputs and len({image.shape[:2] for image in images}) > 1:
             raise BadRequest("anomaly_map of a tiling bundle is at each image's own size: give images of one size "
                              "per request to get it as one [B,H,W] tensor")
@@ -170,11 +167,11 @@ def respond(job: Job, scored: Scored, served: ServedVersion) -> tuple[list[Outpu
     with_defects = "defects" in job.outputs
     decisions = []
     for index, (score, anomaly_map, image) in enumerate(zip(scored.scores, scored.maps, job.images)):
-        if not (math.isfinite(float(score)) and np.isfinite(anomaly_map).all()):
-            # NaN compares false with the threshold: it would pass as a good part.
-            raise ModelFailure(f"image {index}: the model produced a non-finite score or map; no decision")
-        decisions.append(decide(float(score), anomaly_map, image.shape[:2], context.image_threshold,
-                                served.defects if with_defects else None, served.pixel_threshold))
+        try:
+            decisions.append(decide(float(score), anomaly_map, image.shape[:2], context.image_threshold,
+                                    served.defects if with_defects else None, served.pixel_threshold))
+        except NoDecision as exc:
+            raise ModelFailure(f"image {index}: {exc}") from None
     count = len(decisions)
     tensors = []
     for name in job.outputs:
