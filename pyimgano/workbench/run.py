@@ -82,9 +82,11 @@ def run_category(config: WorkbenchConfig, category: str, run_dir: Path, device: 
     per_image = per_image_records(category, parts.test, scores, maps, threshold, saved_maps)
     if config.output.save_run and config.output.html_report and not config.adaptation.save_maps:
         # The maps of the images report.html's galleries show, and only those (workbench/report_gallery.py).
-        saved_maps = save_maps(run_dir / "artifacts" / "maps" / category / "gallery", parts.test, maps, run_dir,
-                               picked_indices(per_image))
-        per_image = per_image_records(category, parts.test, scores, maps, threshold, saved_maps)
+        gallery = save_maps(run_dir / "artifacts" / "maps" / category / "gallery", parts.test, maps, run_dir,
+                            picked_indices(per_image))
+        for record, entry in zip(per_image, gallery):
+            if entry:
+                record["map"] = entry
     postprocess, stats, tiling = steps.postprocess, steps.normalization, steps.tiling
     report = {
         **artifacts.report_header(),
