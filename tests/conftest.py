@@ -50,6 +50,17 @@ def edge_fixture(tmp_path_factory) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small synthetic MVTec-layout dataset (category synthetic_texture, 12 train, 4 good and 4 per defect type
+    in test, 128x128), made once per session; tests that change it copy it first."""
+    from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic-data")
+    generate_dataset(root, SyntheticSpec(n_train=12, n_test_good=4, n_test_per_defect=4, image_size=128))
+    return root
+
+
 def start_long_infer(bundle: Path, edge_fixture: dict, tmp_path: Path, images: int, env: dict | None = None):
     """A pyimgano-infer process over `images` copies of one good image, returned once its first record is on
     disk (its signal handling is installed by then): (process, the records file)."""

@@ -34,12 +34,8 @@ def write_config(tmp_path: Path, root: Path, out: Path, name: str = "cfg.json", 
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from pyimgano.data.synthetic import SyntheticSpec, generate_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    generate_dataset(root, SyntheticSpec(n_train=12, n_test_good=4, n_test_per_defect=4, image_size=128))
-    return root
+def dataset(synthetic_dataset) -> Path:
+    return synthetic_dataset
 
 
 @pytest.fixture(scope="module")
